@@ -1,0 +1,211 @@
+"""The configuration of a run, as typed pydantic models, read from and written to YAML.
+
+Every option group is its own class whose field descriptions double as documentation. Unknown
+keys are rejected with a did-you-mean, because a misspelt `learning_rte` silently falling back to
+the default is the most expensive kind of typo in fine-tuning.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from specialize.errors import ConfigError
+from specialize.models.bundled import DEFAULT_MODEL
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    train: str | None = Field(None, description="Training examples: .jsonl, .json, .csv or .parquet.")
+    test: str | None = Field(None, description="Held-out test file; when absent a test split is cut from train.")
+    input_field: str | None = Field(None, description="Column holding the request (for two-column data).")
+    output_field: str | None = Field(None, description="Column holding the answer (for two-column data).")
+    system_prompt: str | None = Field(None, description="System message added to every example.")
+    prompt_template: str | None = Field(
+        None, description="Python format string over a row's fields, e.g. 'Classify: {text}'."
+    )
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="Share of train held out for validation loss.")
+    test_fraction: float = Field(0.1, ge=0, lt=1, description="Share cut for the test split (no test file).")
+    max_train_examples: int | None = Field(None, gt=0, description="Use at most this many training rows.")
+    max_val_examples: int | None = Field(200, gt=0, description="Use at most this many validation rows.")
+    max_test_examples: int | None = Field(None, gt=0, description="Use at most this many test rows.")
+
+
+class ModelConfig(_Section):
+    base: str = Field(DEFAULT_MODEL, description="Bundled alias, HF directory, .gguf file or cached hub id.")
+    max_seq_len: int = Field(256, ge=8, le=131072, description="Longer examples are truncated.")
+    dtype: Literal["auto", "f32", "f16", "bf16"] = Field("auto", description="auto: fp32 on CPU, bf16 on CUDA.")
+
+
+class MethodConfig(_Section):
+    kind: Literal["lora", "full"] = Field("lora", description="LoRA adapter (default) or full fine-tuning.")
+    lora_r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
+    lora_alpha: float = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: str | list[str] = Field(
+        "all-linear", description="Modules to adapt; 'all-linear' = every linear layer but the LM head."
+    )
+
+
+class TrainConfig(_Section):
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
+    batch_size: int = Field(16, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    learning_rate: float | None = Field(None, gt=0, description="Default: 2e-4 for LoRA, 2e-5 for full.")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    lr_scheduler: str = Field("cosine")
+    eval_every: int = Field(50, ge=1, description="Validation loss and checkpoint every N steps.")
+    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept for --resume.")
+    early_stopping_patience: int | None = Field(
+        3, ge=1, description="Stop after N evaluations without a better val loss; null disables."
+    )
+    log_every: int = Field(5, ge=1)
+    seed: int = 42
+    threads: int | None = Field(None, ge=1, description="torch threads; default: all cores.")
+
+
+class PriceConfig(_Section):
+    """How requests are priced: per million tokens like an API, or per hour of a machine."""
+
+    mode: Literal["tokens", "machine"] = "machine"
+    input_per_million: float = Field(0.15, ge=0, description="USD per 1M input tokens (mode=tokens).")
+    output_per_million: float = Field(0.60, ge=0, description="USD per 1M output tokens (mode=tokens).")
+    machine_per_hour: float = Field(0.10, ge=0, description="USD per hour of this machine (mode=machine).")
+
+
+class EvalConfig(_Section):
+    task: Literal["auto", "classification", "json", "text"] = "auto"
+    few_shot_k: int = Field(5, ge=0, description="Examples in the few-shot prompt (0 disables).")
+    few_shot_selection: Literal["random", "similar"] = "similar"
+    zero_shot_prompt: str | None = Field(None, description="File with your own zero-shot instruction.")
+    batch_size: int = Field(16, ge=1)
+    max_new_tokens: int | None = Field(None, ge=1, description="Default: p99 of training completions + margin.")
+    latency_samples: int = Field(8, ge=0, description="Requests timed one by one at batch size 1.")
+    bootstrap_resamples: int = Field(1000, ge=100)
+    extra_contenders: list[dict[str, Any]] = Field(default_factory=list)
+    price: PriceConfig = Field(default_factory=PriceConfig)
+
+
+class RunConfig(_Section):
+    """Everything that defines a run; `config.yaml` in a run directory is this, resolved."""
+
+    name: str | None = None
+    seed: int = 42
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _fractions_leave_room(self) -> RunConfig:
+        if self.data.val_fraction + self.data.test_fraction >= 0.9:
+            raise ValueError("data.val_fraction + data.test_fraction must leave most rows for training")
+        return self
+
+    @property
+    def learning_rate(self) -> float:
+        if self.train.learning_rate is not None:
+            return self.train.learning_rate
+        return 2e-4 if self.method.kind == "lora" else 2e-5
+
+
+def parse_config(data: dict[str, Any], *, source: str = "config") -> RunConfig:
+    """Validate a config mapping, turning pydantic's errors into one readable ConfigError."""
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, source)) from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config is a mapping of sections (data, model, method, train, eval)")
+    _resolve_relative_paths(data, path.parent)
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(data, dotted, value)
+    return parse_config(data, source=str(path))
+
+
+def save_config(config: RunConfig, path: str | Path) -> None:
+    text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    atomic_write_text(Path(path), text)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temp file in the same directory and rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _resolve_relative_paths(data: dict[str, Any], base: Path) -> None:
+    """Data paths in a config file are relative to the file, so configs work from any cwd."""
+    section = data.get("data")
+    if not isinstance(section, dict):
+        return
+    for key in ("train", "test"):
+        value = section.get(key)
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            candidate = base / value
+            if candidate.exists() or not Path(value).exists():
+                section[key] = str(candidate)
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+
+
+def _explain(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid config"]
+    for error in exc.errors():
+        loc = ".".join(str(part) for part in error["loc"])
+        if error["type"] == "extra_forbidden":
+            lines.append(f"  {loc}: unknown key{_did_you_mean(error['loc'])}")
+        else:
+            lines.append(f"  {loc or '(top level)'}: {error['msg']}")
+    return "\n".join(lines)
+
+
+def _did_you_mean(loc: tuple[Any, ...]) -> str:
+    model: type[BaseModel] = RunConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None) if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return ""
+        model = annotation
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean '{close[0]}'?"
+    return f"; known keys: {', '.join(model.model_fields)}"
