@@ -8,14 +8,13 @@ the default is the most expensive kind of typo in fine-tuning.
 from __future__ import annotations
 
 import difflib
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from specialize.atomic import atomic_write_text, make_temp_dir  # noqa: F401  (re-exported)
 from specialize.errors import ConfigError
 from specialize.models.bundled import DEFAULT_MODEL
 
@@ -150,19 +149,6 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
 def save_config(config: RunConfig, path: str | Path) -> None:
     text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
     atomic_write_text(Path(path), text)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same directory and rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _resolve_relative_paths(data: dict[str, Any], base: Path) -> None:

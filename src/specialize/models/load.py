@@ -13,11 +13,11 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from specialize.atomic import make_temp_dir
 from specialize.data.tokenize import ensure_chat_template
 from specialize.models.registry import ModelRef, resolve_model, weights_fingerprint
 
@@ -63,8 +63,7 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
     kwargs = {"gguf_file": gguf_path.name}
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.float32, **kwargs)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    tmp = make_temp_dir(target)
     try:
         config = model.config.to_dict()
         config.pop("quantization_config", None)

@@ -1,0 +1,219 @@
+"""Supervised fine-tuning: the whole setup -> train -> save flow, readable top to bottom.
+
+Built on `transformers.Trainer` with PEFT adapters. We pass the Trainer pre-tokenized examples
+and our own padding collator instead of using TRL's `SFTTrainer` because the completion-only
+labels come from `data.tokenize.encode` (shared with evaluation and the data checks), so the
+rows scored in `specialize check` are exactly the rows trained on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from specialize.atomic import make_temp_dir, replace_dir
+from specialize.config import RunConfig, save_config
+from specialize.data.prepare import prepare_splits, read_splits, write_splits
+from specialize.data.task import detect_task
+from specialize.data.tokenize import encode
+from specialize.errors import RunError
+from specialize.models.load import load_model
+from specialize.models.registry import weights_fingerprint
+from specialize.run_dir import RunDir
+from specialize.train.callbacks import MetricsLogCallback, ProgressCallback, TrainProgress
+from specialize.train.collator import CompletionCollator, EncodedDataset
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    run: RunDir
+    meta: dict[str, Any]
+
+
+def train(
+    config: RunConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    progress: Callable[[TrainProgress], None] | None = None,
+) -> TrainResult:
+    """Fine-tune `config.model.base` on `config.data` into the run directory `out`.
+
+    With `resume=True` the run's own saved config and splits are used and training continues
+    from its last checkpoint; otherwise `out` must not exist yet (or be empty).
+    """
+    import torch
+    from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainingArguments, set_seed
+
+    run = RunDir(Path(out))
+    checkpoint = _check_run_dir(run, resume)
+    if resume:
+        config = run.config()
+    torch.set_num_threads(config.train.threads or os.cpu_count() or 1)
+    set_seed(config.seed)
+    main = is_main_process()
+
+    loaded = load_model(config.model.base, dtype=config.model.dtype)
+    tokenizer = loaded.tokenizer
+    if resume:
+        splits = read_splits(run)
+    else:
+        splits, report = prepare_splits(config, tokenizer)
+        if main:
+            run.path.mkdir(parents=True, exist_ok=True)
+            save_config(config, run.config_file)
+            write_splits(run, splits, report)
+
+    max_len = config.model.max_seq_len
+    train_set = EncodedDataset([encode(tokenizer, e, max_len) for e in splits.train])
+    val_set = EncodedDataset([encode(tokenizer, e, max_len) for e in splits.val]) if splits.val else None
+    model = _prepare_model(loaded.model, config)
+
+    has_val = val_set is not None and len(val_set) > 0
+    early_stop = has_val and config.train.early_stopping_patience is not None
+    on_cuda = loaded.model.device.type == "cuda"
+    args = TrainingArguments(
+        output_dir=str(run.checkpoints),
+        num_train_epochs=config.train.epochs,
+        max_steps=config.train.max_steps or -1,
+        per_device_train_batch_size=config.train.batch_size,
+        per_device_eval_batch_size=config.train.batch_size,
+        gradient_accumulation_steps=config.train.grad_accum,
+        learning_rate=config.learning_rate,
+        warmup_steps=config.train.warmup_ratio,  # a float < 1 is a ratio of the total steps
+        weight_decay=config.train.weight_decay,
+        lr_scheduler_type=config.train.lr_scheduler,
+        logging_steps=config.train.log_every,
+        eval_strategy="steps" if has_val else "no",
+        eval_steps=config.train.eval_every,
+        save_strategy="steps",
+        save_steps=config.train.eval_every,
+        save_total_limit=config.train.keep_checkpoints,
+        load_best_model_at_end=early_stop,
+        metric_for_best_model="eval_loss" if early_stop else None,
+        greater_is_better=False if early_stop else None,
+        seed=config.seed,
+        data_seed=config.seed,
+        bf16=on_cuda and loaded.model.dtype == torch.bfloat16,
+        use_cpu=not on_cuda,
+        train_sampling_strategy="group_by_length",
+        include_num_input_tokens_seen="non_padding",
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        report_to="none",
+        dataloader_num_workers=0,
+    )
+    metrics_cb = MetricsLogCallback(run.metrics, resume_step=_checkpoint_step(checkpoint), is_main=main)
+    callbacks: list[Any] = [metrics_cb]
+    if progress is not None:
+        callbacks.append(ProgressCallback(progress, metrics_cb))
+    if early_stop:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.train.early_stopping_patience))
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=val_set if has_val else None,
+        data_collator=CompletionCollator(tokenizer.pad_token_id),
+        callbacks=callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; progress goes to `progress`
+    started = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    train_seconds = time.perf_counter() - started
+    val_loss = trainer.evaluate()["eval_loss"] if has_val else None
+
+    meta: dict[str, Any] = {}
+    if trainer.is_world_process_zero():
+        _save_weights(model, tokenizer, run, config)
+        completions = [e.completion or "" for e in splits.train]
+        task = detect_task(completions)
+        meta = {
+            "base_model": loaded.ref.to_dict(),
+            "base_fingerprint": weights_fingerprint(loaded.ref),
+            "method": config.method.kind,
+            "task": task,
+            "labels": sorted(set(completions)) if task == "classification" else None,
+            "examples": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
+            "steps": output.global_step,
+            "train_loss": output.training_loss,
+            "val_loss": val_loss,
+            "train_seconds": round(train_seconds, 2),
+            "resumed": resume,
+            "supervised_tokens": sum(len(i["labels"]) - i["labels"].count(-100) for i in train_set.items),
+            "tokens_per_second": metrics_cb.last_tokens_per_second,
+            "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        run.write_meta(meta)
+    return TrainResult(run=run, meta=meta)
+
+
+def _check_run_dir(run: RunDir, resume: bool) -> Path | None:
+    if resume:
+        if not run.config_file.is_file():
+            raise RunError(f"{run.path}: nothing to resume (no config.yaml); start it without --resume")
+        checkpoint = last_checkpoint(run.checkpoints)
+        if checkpoint is None:
+            raise RunError(f"{run.path}: no checkpoint to resume from in {run.checkpoints}")
+        return checkpoint
+    if run.path.exists() and any(run.path.iterdir()):
+        raise RunError(
+            f"{run.path} already exists; pass --resume to continue that run, or choose another --out"
+        )
+    return None
+
+
+def last_checkpoint(directory: Path) -> Path | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not directory.is_dir():
+        return None
+    found = get_last_checkpoint(str(directory))
+    return Path(found) if found else None
+
+
+def _checkpoint_step(checkpoint: Path | None) -> int:
+    return int(checkpoint.name.rsplit("-", 1)[-1]) if checkpoint else 0
+
+
+def _prepare_model(model: Any, config: RunConfig) -> Any:
+    if config.method.kind == "full":
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=config.method.lora_r,
+        lora_alpha=config.method.lora_alpha,
+        lora_dropout=config.method.lora_dropout,
+        target_modules=config.method.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def _save_weights(model: Any, tokenizer: Any, run: RunDir, config: RunConfig) -> None:
+    """Write the adapter (or full model) to a temp dir and rename it into place: a run killed
+    while saving never leaves a half-written adapter behind."""
+    target = run.adapter if config.method.kind == "lora" else run.full_model
+    tmp = make_temp_dir(target)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        replace_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def is_main_process() -> bool:
+    """True on rank 0 (or when not distributed): only it writes the run directory."""
+    return int(os.environ.get("RANK", "0")) == 0

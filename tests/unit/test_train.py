@@ -1,0 +1,123 @@
+"""Training on a tiny random Llama: loss falls, artifacts land, a killed run resumes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from specialize.config import parse_config
+from specialize.errors import DataError, RunError
+from specialize.train.sft import train
+
+LABELS = ["alpha", "beta", "gamma", "delta"]
+
+
+@pytest.fixture
+def memorisable(tmp_path) -> Path:
+    """24 rows, 4 labels, each label tied to a keyword: learnable in a few dozen steps."""
+    rows = [{"text": f"message {i} about {LABELS[i % 4]}", "label": LABELS[i % 4]} for i in range(24)]
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def tiny_config(model_dir: Path, data: Path, **train_overrides):
+    train_cfg = {"epochs": 1, "batch_size": 4, "learning_rate": 5e-3, "eval_every": 5, "log_every": 1,
+                 "early_stopping_patience": None, "threads": 1}
+    train_cfg.update(train_overrides)
+    return parse_config({
+        "data": {"train": str(data), "input_field": "text", "output_field": "label",
+                 "val_fraction": 0.1, "test_fraction": 0.1},
+        "model": {"base": str(model_dir), "max_seq_len": 64},
+        "train": train_cfg,
+    })
+
+
+def losses(run_dir: Path) -> list[float]:
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in lines if "loss" in r]
+
+
+def test_lora_loss_falls_and_run_dir_is_complete(tiny_model_dir, memorisable, tmp_path):
+    out = tmp_path / "run"
+    result = train(tiny_config(tiny_model_dir, memorisable, epochs=8), out)
+    curve = losses(out)
+    assert len(curve) >= 10
+    assert sum(curve[-3:]) / 3 < 0.6 * sum(curve[:3]) / 3, curve
+    for name in ("config.yaml", "run.json", "data_report.json", "metrics.jsonl",
+                 "splits/train.jsonl", "splits/val.jsonl", "splits/test.jsonl",
+                 "adapter/adapter_config.json", "adapter/adapter_model.safetensors"):
+        assert (out / name).is_file(), name
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["task"] == "classification" and meta["labels"] == sorted(LABELS)
+    assert meta["method"] == "lora" and meta["steps"] == result.meta["steps"] > 0
+    assert not list(out.glob(".adapter-*")), "temp dirs must not be left behind"
+    weights = load_file(out / "adapter" / "adapter_model.safetensors")
+    assert weights and all("lora_" in k for k in weights)
+
+
+def test_full_fine_tuning_writes_a_whole_model(tiny_model_dir, memorisable, tmp_path):
+    cfg = tiny_config(tiny_model_dir, memorisable, epochs=2, learning_rate=1e-3)
+    cfg.method.kind = "full"
+    train(cfg, tmp_path / "run")
+    assert (tmp_path / "run" / "model" / "config.json").is_file()
+    assert not (tmp_path / "run" / "adapter").exists()
+
+
+def test_same_seed_same_adapter(tiny_model_dir, memorisable, tmp_path):
+    a = train(tiny_config(tiny_model_dir, memorisable, max_steps=4), tmp_path / "a")
+    b = train(tiny_config(tiny_model_dir, memorisable, max_steps=4), tmp_path / "b")
+    wa = load_file(a.run.adapter / "adapter_model.safetensors")
+    wb = load_file(b.run.adapter / "adapter_model.safetensors")
+    assert all((wa[k] == wb[k]).all() for k in wa)
+
+
+def test_killed_run_resumes_from_its_checkpoint(tiny_model_dir, memorisable, tmp_path):
+    out = tmp_path / "run"
+    cfg = tiny_config(tiny_model_dir, memorisable, max_steps=12)
+
+    def crash_after_checkpoint(event):
+        if event.step == 7:  # a checkpoint was written at step 5
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, out, progress=crash_after_checkpoint)
+    assert (out / "checkpoints" / "checkpoint-5").is_dir()
+    assert not (out / "run.json").exists() and not (out / "adapter").exists()
+
+    result = train(cfg, out, resume=True)
+    assert result.meta["steps"] == 12 and result.meta["resumed"] is True
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    logged = [s for s in steps]
+    assert logged == sorted(logged), "metrics.jsonl must describe one history"
+    uninterrupted = train(cfg, tmp_path / "straight")
+    w_resumed = load_file(out / "adapter" / "adapter_model.safetensors")
+    w_straight = load_file(uninterrupted.run.adapter / "adapter_model.safetensors")
+    for key in w_straight:
+        assert (w_resumed[key] - w_straight[key]).abs().max() < 1e-5, key
+
+
+def test_existing_run_dir_is_refused_without_resume(tiny_model_dir, memorisable, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "something").write_text("x")
+    with pytest.raises(RunError, match="--resume"):
+        train(tiny_config(tiny_model_dir, memorisable), out)
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tiny_model_dir, memorisable, tmp_path):
+    with pytest.raises(RunError, match="nothing to resume"):
+        train(tiny_config(tiny_model_dir, memorisable), tmp_path / "new", resume=True)
+
+
+def test_bad_data_trains_nothing_and_writes_nothing(tiny_model_dir, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok", "label": "a"}\n{"text": broken\n{"text": "no label"}\n')
+    out = tmp_path / "run"
+    with pytest.raises(DataError) as info:
+        train(tiny_config(tiny_model_dir, bad), out)
+    assert f"{bad}:2" in str(info.value) and f"{bad}:3" in str(info.value)
+    assert not out.exists()
