@@ -1,0 +1,52 @@
+"""Shared pieces of the command line: consoles, error handling, library quieting.
+
+Command modules (`specialize.commands.*`) import these; `specialize.cli` registers the commands.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+
+import typer
+from rich.console import Console
+
+from specialize.errors import SpecializeError
+
+# Off a terminal (CI logs, pipes) rich would wrap tables at 80 columns; reports read better wider.
+_WIDTH = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "140"))
+console = Console(width=_WIDTH)
+err_console = Console(stderr=True, width=_WIDTH)
+
+
+def user_errors(fn):
+    """Print SpecializeErrors as a message and exit with their code; let bugs keep tracebacks."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except SpecializeError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def quiet_libraries() -> None:
+    """No hub access, no library progress bars or warnings: the CLI draws its own output."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # transformers missing is reported by the command that needs it
+        pass
