@@ -1,0 +1,212 @@
+"""`specialize eval RUN`: every contender on the same held-out rows, measured the same way.
+
+For each contender: batched greedy generation over the test split (quality, tokens, batched
+throughput), then a timed sample at batch size 1 (latency as a single user sees it). Then task
+metrics with bootstrap intervals, a paired test of the fine-tuned model against the best
+baseline, costs and the break-even point. The result is a plain dict (report.json) that the
+report writers render.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from specialize.data.prepare import read_splits
+from specialize.data.task import detect_task
+from specialize.data.tokenize import render_reply
+from specialize.errors import RunError
+from specialize.evaluate.contenders import Contender, active, build_contenders
+from specialize.evaluate.cost import break_even_requests, cost_per_1k_requests, training_cost
+from specialize.evaluate.headline import headline
+from specialize.evaluate.metrics import MetricResult, compute_metrics, metric_ci, paired_test
+from specialize.evaluate.report import write_report
+from specialize.evaluate.stats import mcnemar
+from specialize.inference import generate, load_run
+from specialize.run_dir import RunDir, open_run
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalProgress:
+    contender: str
+    done: int
+    total: int
+
+
+def evaluate(
+    run_path: str | Path,
+    *,
+    max_test_examples: int | None = None,
+    progress: Callable[[EvalProgress], None] | None = None,
+) -> dict[str, Any]:
+    """Evaluate a trained run against the prompt-engineering baselines; write `eval/report.*`."""
+    run = open_run(run_path)
+    trained = load_run(run.path)
+    cfg = trained.config
+    splits = read_splits(run)
+    test = splits.test[:max_test_examples] if max_test_examples else splits.test
+    if not test:
+        raise RunError(f"{run.path}: the run has no test rows (splits/test.jsonl is empty)")
+    references = [e.completion or "" for e in test]
+    completions = [e.completion or "" for e in splits.train]
+    kind = cfg.eval.task if cfg.eval.task != "auto" else trained.meta.get("task") or detect_task(completions)
+    labels = trained.meta.get("labels") or (sorted(set(completions)) if kind == "classification" else None)
+    max_new = cfg.eval.max_new_tokens or _max_new_tokens(trained.loaded.tokenizer, splits.train)
+    stop = ["\n"] if kind == "classification" else []
+
+    contenders = build_contenders(trained, splits.train, test, kind=kind, labels=labels, max_new_tokens=max_new)
+    results = []
+    for contender in contenders:
+        results.append(_measure(contender, references, kind, labels, max_new, stop, cfg.eval, progress))
+
+    tuned = next(r for r in results if r["role"] == "fine-tuned")
+    baselines = [r for r in results if r["role"] in ("zero-shot", "few-shot")]
+    best = max(baselines, key=lambda r: _nan_low(r["quality"]["primary_value"]))
+    comparison = _compare(tuned, best)
+    train_cost = training_cost(cfg.eval.price, float(trained.meta.get("train_seconds") or 0.0))
+    for r in results:
+        r["break_even_requests"] = (
+            break_even_requests(train_cost, r["cost_per_1k"], tuned["cost_per_1k"]) if r is not tuned else None
+        )
+    report = {
+        "run": str(run.path),
+        "task": kind,
+        "labels": labels,
+        "test_rows": len(test),
+        "max_new_tokens": max_new,
+        "price": cfg.eval.price.model_dump(),
+        "training": {
+            "seconds": trained.meta.get("train_seconds"),
+            "cost": train_cost,
+            "examples": (trained.meta.get("examples") or {}).get("train"),
+            "method": trained.meta.get("method"),
+            "curves": _loss_curves(run),
+        },
+        "contenders": results,
+        "comparison": comparison,
+    }
+    report["headline"] = headline(report)
+    write_report(run.eval_dir, report)
+    return report
+
+
+def _measure(contender: Contender, references, kind, labels, max_new, stop, eval_cfg, progress) -> dict[str, Any]:
+    total = len(contender.conversations)
+    done = 0
+
+    def on_batch(stats) -> None:
+        nonlocal done
+        done += stats.items
+        if progress:
+            progress(EvalProgress(contender.name, done, total))
+
+    with active(contender):
+        began = time.perf_counter()
+        outputs = generate(
+            contender.loaded, contender.conversations, max_new_tokens=max_new,
+            batch_size=eval_cfg.batch_size, stop=stop, on_batch=on_batch,
+        )
+        batched_seconds = time.perf_counter() - began
+        latencies = []
+        for conversation in contender.conversations[: eval_cfg.latency_samples]:
+            t0 = time.perf_counter()
+            generate(contender.loaded, [conversation], max_new_tokens=max_new, batch_size=1, stop=stop)
+            latencies.append(time.perf_counter() - t0)
+    predictions = [o.text for o in outputs]
+    metrics = compute_metrics(kind, predictions, references, labels)
+    prompt_tokens = float(np.mean([o.prompt_tokens for o in outputs]))
+    completion_tokens = float(np.mean([o.completion_tokens for o in outputs]))
+    seconds_per_request = batched_seconds / total
+    return {
+        "name": contender.name,
+        "role": contender.role,
+        "quality": _quality(metrics, eval_cfg.bootstrap_resamples),
+        "tokens": {"prompt_mean": prompt_tokens, "completion_mean": completion_tokens},
+        "latency": {
+            "batch1_p50_s": _percentile(latencies, 50),
+            "batch1_p95_s": _percentile(latencies, 95),
+            "samples": len(latencies),
+        },
+        "throughput": {"requests_per_s": total / batched_seconds if batched_seconds else None,
+                       "batch_size": eval_cfg.batch_size, "seconds": batched_seconds},
+        "cost_per_1k": cost_per_1k_requests(
+            eval_cfg.price, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+            seconds_per_request=seconds_per_request,
+        ),
+        "predictions": predictions,
+        "_metrics": metrics,  # dropped before writing; kept for the paired test
+    }
+
+
+def _quality(metrics: MetricResult, resamples: int) -> dict[str, Any]:
+    intervals = {}
+    for name in metrics.values:
+        try:
+            point, low, high = metric_ci(metrics, name, n_resamples=resamples)
+        except KeyError:
+            continue
+        intervals[name] = {"value": point, "ci_low": low, "ci_high": high}
+    return {
+        "primary": metrics.primary,
+        "primary_value": metrics.values.get(metrics.primary),
+        "values": metrics.values,
+        "ci95": intervals,
+        "details": metrics.details,
+        "per_item": metrics.per_item,
+    }
+
+
+def _compare(tuned: dict[str, Any], best: dict[str, Any]) -> dict[str, Any]:
+    a, b = tuned["_metrics"], best["_metrics"]
+    if a.kind == "classification":
+        test = mcnemar([x > 0.5 for x in a.per_item["accuracy"]], [x > 0.5 for x in b.per_item["accuracy"]])
+    else:
+        test = paired_test(a, b)
+    return {"fine_tuned": tuned["name"], "best_baseline": best["name"], "metric": a.primary, **test.to_dict()}
+
+
+def _max_new_tokens(tokenizer: Any, train: list[Any]) -> int:
+    """p99 of the training replies' token counts (with the end-of-turn marker), plus headroom."""
+    sample = train[:2000]
+    lengths = [
+        len(tokenizer(render_reply(tokenizer, e.messages, e.completion or ""), add_special_tokens=False)["input_ids"])
+        for e in sample
+    ]
+    if not lengths:
+        return 64
+    return int(np.percentile(lengths, 99)) + 8
+
+
+def _loss_curves(run: RunDir) -> dict[str, list[list[float]]]:
+    import json
+
+    curves: dict[str, list[list[float]]] = {"train": [], "val": []}
+    if not run.metrics.is_file():
+        return curves
+    for line in run.metrics.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if "loss" in record:
+            curves["train"].append([record["step"], record["loss"]])
+        if "eval_loss" in record:
+            curves["val"].append([record["step"], record["eval_loss"]])
+    return curves
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
+
+
+def _nan_low(value: float | None) -> float:
+    return -math.inf if value is None or math.isnan(value) else value
