@@ -27,7 +27,7 @@ from specialize.models.load import load_model
 from specialize.models.registry import weights_fingerprint
 from specialize.run_dir import RunDir
 from specialize.train.callbacks import MetricsLogCallback, ProgressCallback, TrainProgress
-from specialize.train.collator import CompletionCollator, EncodedDataset
+from specialize.train.collator import CompletionCollator, EncodedDataset, supervised_loss
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,7 @@ def train(
         train_sampling_strategy="group_by_length",
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,
+        prediction_loss_only=True,
         disable_tqdm=True,
         report_to="none",
         dataloader_num_workers=0,
@@ -123,6 +124,7 @@ def train(
         train_dataset=train_set,
         eval_dataset=val_set if has_val else None,
         data_collator=CompletionCollator(tokenizer.pad_token_id),
+        compute_loss_func=supervised_loss,
         callbacks=callbacks,
     )
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; progress goes to `progress`
