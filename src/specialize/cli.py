@@ -202,12 +202,11 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def main() -> None:  # pragma: no cover - console script entry
-    app()
 
 
-if __name__ == "__main__":  # pragma: no cover
-    app()
+# Command groups that live in their own modules.
+from specialize.commands.export import export as export_command  # noqa: E402
 
+app.command(name="export")(export_command)
 
 __all__ = ["app"]

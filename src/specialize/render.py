@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from specialize.data.checks import DataReport
 from specialize.train.callbacks import TrainProgress
@@ -94,7 +95,22 @@ def render_eval_table(console: Console, report: dict) -> None:
             "-" if r["break_even"] is None else f"{int(r['break_even']):,}", style=style,
         )
     console.print(table)
+    samples = report.get("samples") or []
+    if samples:
+        names = list(samples[0]["predictions"])
+        shown = Table(title="Sample test rows", title_justify="left")
+        for col in ("request", "expected", *names):
+            shown.add_column(col, overflow="fold")
+        for sample in samples:
+            cells = [_mark(sample["predictions"][n], sample["reference"]) for n in names]
+            shown.add_row(Text(sample["input"][:80]), Text(sample["reference"]), *cells)
+        console.print(shown)
     console.print(f"[bold]{report['headline']}[/]", highlight=False)
+
+
+def _mark(prediction: str, reference: str) -> Text:
+    """The answer in green when it is exactly the expected one, red otherwise."""
+    return Text(prediction[:60] or "(empty)", style="green" if prediction.strip() == reference.strip() else "red")
 
 
 @contextmanager

@@ -34,6 +34,8 @@ from specialize.run_dir import RunDir, open_run
 
 log = logging.getLogger(__name__)
 
+SAMPLES = 8  # test rows shown with every contender's answer
+
 
 @dataclass
 class EvalProgress:
@@ -93,6 +95,10 @@ def evaluate(
         },
         "contenders": results,
         "comparison": comparison,
+        "samples": [
+            {"input": e.user_text, "reference": ref, "predictions": {r["name"]: r["predictions"][i] for r in results}}
+            for i, (e, ref) in enumerate(zip(test[:SAMPLES], references, strict=False))
+        ],
     }
     report["headline"] = headline(report)
     write_report(run.eval_dir, report)
