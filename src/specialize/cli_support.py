@@ -9,6 +9,7 @@ import functools
 import logging
 import os
 import sys
+import warnings
 
 import typer
 from rich.console import Console
@@ -43,6 +44,9 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Deprecation notices from inside transformers/peft are for their developers, not our users.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
         from transformers.utils import logging as hf_logging
 
