@@ -69,6 +69,9 @@ class TrainConfig(_Section):
     early_stopping_patience: int | None = Field(
         3, ge=1, description="Stop after N evaluations without a better val loss; null disables."
     )
+    packing: bool = Field(
+        True, description="Lay a batch's examples end to end (no padding, no cross-attention); else left-pad."
+    )
     log_every: int = Field(5, ge=1)
     seed: int = 42
     threads: int | None = Field(None, ge=1, description="torch threads; default: all cores.")

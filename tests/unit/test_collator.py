@@ -77,3 +77,19 @@ def test_masked_prompt_tokens_contribute_no_gradient(tiny_tokenizer):
         e.labels = list(e.input_ids)
     unmasked = grads(stock_loss(model, encoded))
     assert not torch.allclose(ours, unmasked, atol=1e-4)
+
+
+def test_packed_batch_loss_equals_the_mean_of_unpacked_losses(tiny_tokenizer):
+    """No attention across packed examples: the packed loss is the token-mean of each example's
+    own loss, computed alone and unpadded."""
+    from specialize.train.collator import PackedCollator
+
+    model = make_tiny_model(tiny_tokenizer).eval()
+    encoded = encoded_batch(tiny_tokenizer)
+    batch = PackedCollator()([{"input_ids": e.input_ids, "labels": e.labels} for e in encoded])
+    assert batch["input_ids"].shape == (1, sum(len(e.input_ids) for e in encoded)), "no padding at all"
+    labels = batch.pop("labels")
+    packed = supervised_loss(model(**batch), labels)
+    total = sum(float(stock_loss(model, [e])) * e.completion_len for e in encoded)
+    assert abs(float(packed) - total / sum(e.completion_len for e in encoded)) < 1e-5
+    torch.testing.assert_close(packed, stock_loss(model, encoded), rtol=1e-5, atol=1e-5)

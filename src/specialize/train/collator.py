@@ -64,6 +64,43 @@ class CompletionCollator:
         }
 
 
+@dataclass
+class PackedCollator:
+    """Padding-free batches: the examples of a batch laid end to end in one row.
+
+    Position ids restart at 0 for each example; with no attention mask, transformers builds a
+    block-diagonal causal mask from those restarts, so no token attends across examples. No
+    compute is spent on padding at all. The LM head runs only at the positions that predict a
+    reply token: `logits_to_keep` takes their indices (plus the last position, so that the
+    one-step shift in `supervised_loss` lines the kept logits up with their targets).
+    """
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        input_ids: list[int] = []
+        positions: list[int] = []
+        targets: list[int] = []
+        kept: list[int] = []
+        for feature in features:
+            offset = len(input_ids)
+            ids, labels = feature["input_ids"], feature["labels"]
+            input_ids.extend(ids)
+            positions.extend(range(len(ids)))
+            for i in range(1, len(ids)):
+                if labels[i] != IGNORE_INDEX:
+                    kept.append(offset + i - 1)
+                    targets.append(labels[i])
+        kept.append(len(input_ids) - 1)
+        return {
+            "input_ids": torch.tensor([input_ids]),
+            "position_ids": torch.tensor([positions]),
+            "labels": torch.tensor([[IGNORE_INDEX, *targets]]),
+            "logits_to_keep": torch.tensor(kept),
+            # transformers only derives the per-example mask from position ids when there is no
+            # KV cache; a cache is created by default whenever `use_cache` is on.
+            "use_cache": False,
+        }
+
+
 def supervised_loss(outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
     """Next-token cross-entropy over the kept logits, only at supervised positions.
 

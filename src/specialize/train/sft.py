@@ -27,7 +27,7 @@ from specialize.models.load import load_model
 from specialize.models.registry import weights_fingerprint
 from specialize.run_dir import RunDir
 from specialize.train.callbacks import MetricsLogCallback, ProgressCallback, TrainProgress
-from specialize.train.collator import CompletionCollator, EncodedDataset, supervised_loss
+from specialize.train.collator import CompletionCollator, EncodedDataset, PackedCollator, supervised_loss
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,8 @@ def train(
         data_seed=config.seed,
         bf16=on_cuda and loaded.model.dtype == torch.bfloat16,
         use_cpu=not on_cuda,
-        train_sampling_strategy="group_by_length",
+        # Packed batches have no padding to save; padded ones are grouped by length to cut it.
+        train_sampling_strategy="random" if config.train.packing else "group_by_length",
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,
         prediction_loss_only=True,
@@ -123,7 +124,7 @@ def train(
         args=args,
         train_dataset=train_set,
         eval_dataset=val_set if has_val else None,
-        data_collator=CompletionCollator(tokenizer.pad_token_id),
+        data_collator=PackedCollator() if config.train.packing else CompletionCollator(tokenizer.pad_token_id),
         compute_loss_func=supervised_loss,
         callbacks=callbacks,
     )
