@@ -66,7 +66,10 @@ def stock(args, queue) -> None:
         )
         trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer,
                              peft_config=LoraConfig(task_type="CAUSAL_LM", **LORA))
-        supervised = sum(int((torch.tensor(x["completion_mask"]) == 1).sum()) for x in trainer.train_dataset)
+        column = "labels" if "labels" in trainer.train_dataset.column_names else "completion_mask"
+        supervised = sum(
+            sum(1 for v in x[column] if (v != -100 if column == "labels" else v == 1)) for x in trainer.train_dataset
+        )
         began = time.perf_counter()
         output = trainer.train()
         seconds = time.perf_counter() - began
@@ -88,7 +91,9 @@ def ours(args, queue) -> None:
             "model": {"base": "smollm2-135m-instruct", "max_seq_len": 128},
             "method": {"kind": "lora", "lora_r": LORA["r"], "lora_alpha": LORA["lora_alpha"],
                        "lora_dropout": LORA["lora_dropout"]},
+            # The stock recipe's defaults: linear decay, no warmup, so both sides follow one schedule.
             "train": {"epochs": 1, "batch_size": args.batch_size, "learning_rate": 1e-3, "log_every": 1,
+                      "lr_scheduler": "linear", "warmup_ratio": 0.0,
                       "eval_every": 10_000, "threads": args.threads, "early_stopping_patience": None},
         })
         began = time.perf_counter()

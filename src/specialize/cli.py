@@ -206,7 +206,11 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 # Command groups that live in their own modules.
 from specialize.commands.export import export as export_command  # noqa: E402
+from specialize.commands.monitor import drift as drift_command  # noqa: E402
+from specialize.commands.monitor import profile as profile_command  # noqa: E402
 
 app.command(name="export")(export_command)
+app.command(name="profile")(profile_command)
+app.command(name="drift")(drift_command)
 
 __all__ = ["app"]

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from specialize.atomic import atomic_write_text, make_temp_dir  # noqa: F401  (re-exported)
 from specialize.errors import ConfigError
 from specialize.models.bundled import DEFAULT_MODEL
+from specialize.monitor.drift import DriftConfig
 
 
 class _Section(BaseModel):
@@ -109,6 +110,7 @@ class RunConfig(_Section):
     method: MethodConfig = Field(default_factory=MethodConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    monitor: DriftConfig = Field(default_factory=DriftConfig)
 
     @model_validator(mode="after")
     def _fractions_leave_room(self) -> RunConfig:

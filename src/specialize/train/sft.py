@@ -157,7 +157,19 @@ def train(
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         run.write_meta(meta)
+        _write_profile(run, tokenizer)
     return TrainResult(run=run, meta=meta)
+
+
+def _write_profile(run: RunDir, tokenizer: Any) -> None:
+    """The reference profile for drift monitoring; a failure here must not lose a trained run
+    (`specialize profile RUN` rebuilds it)."""
+    from specialize.monitor.profile import write_profile
+
+    try:
+        write_profile(run, tokenizer)
+    except Exception as exc:  # noqa: BLE001 - reported, and recoverable with `specialize profile`
+        log.warning("could not write profile.json (%s); run `specialize profile %s`", exc, run.path)
 
 
 def _check_run_dir(run: RunDir, resume: bool) -> Path | None:
