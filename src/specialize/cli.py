@@ -205,12 +205,16 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 
 # Command groups that live in their own modules.
+from specialize.commands.adapters import adapters_app  # noqa: E402
 from specialize.commands.export import export as export_command  # noqa: E402
 from specialize.commands.monitor import drift as drift_command  # noqa: E402
 from specialize.commands.monitor import profile as profile_command  # noqa: E402
+from specialize.commands.serve import serve as serve_command  # noqa: E402
 
 app.command(name="export")(export_command)
 app.command(name="profile")(profile_command)
 app.command(name="drift")(drift_command)
+app.command(name="serve")(serve_command)
+app.add_typer(adapters_app, name="adapters")
 
 __all__ = ["app"]

@@ -1,0 +1,349 @@
+"""Serving many adapters over one base model: our batching engine vs one-request-at-a-time.
+
+    python benchmarks/serve_adapters.py                      # ~4 min on 2 CPU cores
+    python benchmarks/serve_adapters.py --adapters 1,8,64 --requests 128 --concurrency 32
+
+For N = 1, 8 and 64 random rank-16 LoRA adapters (all linear layers, as `specialize train`
+makes them) on the bundled SmolLM2-135M-Instruct, concurrent clients send greedy chat requests
+over real HTTP on loopback, round-robin over the adapters (so with 64 adapters nearly every row of
+a batch uses a different adapter). Each request generates exactly --max-tokens tokens.
+
+(a) `specialize serve`'s engine: continuous batching, mixed-adapter batches in one forward pass.
+(b) the naive baseline: a PeftModel holding every adapter, serving one request at a time and
+    switching the active adapter (`set_adapter`) per request, with `generate`.
+
+Printed: requests/s and generated tokens/s for both, their ratio, the 64-vs-1 adapter ratio of
+the engine, the adapter cold-load time (registry -> resident) of both, and whether the greedy
+outputs of (a) and (b) agree. The last line holds the ratios the README quotes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+MODEL = "smollm2-135m-instruct"
+PROMPTS = [
+    "I am still waiting on my card, when will it arrive?",
+    "How do I top up my account with a cheque?",
+    "My card payment was declined, why?",
+    "What exchange rate do you use for euros?",
+    "Can I change the PIN of my card in the app?",
+    "Why was I charged a fee for a transfer?",
+    "Where can I see my pending transactions?",
+    "How long does a bank transfer take to arrive?",
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--adapters", default="1,8,64", help="Comma-separated adapter counts.")
+    parser.add_argument(
+        "--requests", type=int, default=32, help="Engine requests per adapter count and round."
+    )
+    parser.add_argument("--naive-requests", type=int, default=4, help="Naive requests per count and round.")
+    parser.add_argument("--rounds", type=int, default=2, help="Interleaved rounds; the best round is kept.")
+    parser.add_argument("--concurrency", type=int, default=16, help="Concurrent HTTP clients.")
+    parser.add_argument("--max-batch", type=int, default=16, help="Engine batch size.")
+    parser.add_argument("--max-tokens", type=int, default=32, help="Tokens generated per request.")
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores).")
+    args = parser.parse_args()
+    counts = [int(n) for n in args.adapters.split(",")]
+
+    from specialize.cli_support import quiet_libraries
+
+    quiet_libraries()
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    work = Path(tempfile.mkdtemp(prefix="specialize-bench-"))
+    try:
+        began = time.perf_counter()
+        names = make_adapters(work, max(counts), args.rank)
+        print(
+            f"{len(names)} random rank-{args.rank} adapters made and registered in "
+            f"{time.perf_counter() - began:.1f} s",
+            flush=True,
+        )
+        engine = run_engine(work, names, counts, args)
+        naive = run_naive(work, names, counts, args)
+        report(engine, naive, counts, args)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def make_adapters(work: Path, count: int, rank: int) -> list[str]:
+    """Random LoRA adapters in PEFT's format, each in a run-like dir, added to a registry."""
+    import torch
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+    from torch import nn
+
+    from specialize.models.load import load_model
+    from specialize.models.registry import weights_fingerprint
+    from specialize.registry import AdapterRegistry
+
+    loaded = load_model(MODEL)
+    shapes = {
+        name: (m.in_features, m.out_features)
+        for name, m in loaded.model.named_modules()
+        if isinstance(m, nn.Linear) and name != "lm_head"
+    }
+    kinds = sorted({name.rsplit(".", 1)[-1] for name in shapes})
+    meta = {"base_model": loaded.ref.to_dict(), "base_fingerprint": weights_fingerprint(loaded.ref)}
+    registry = AdapterRegistry(work / "registry")
+    generator = torch.Generator().manual_seed(0)
+    names = []
+    for i in range(count):
+        run = work / "runs" / f"task{i:02d}"
+        (run / "adapter").mkdir(parents=True)
+        tensors = {}
+        for name, (fan_in, fan_out) in shapes.items():
+            key = f"base_model.model.{name}"
+            tensors[f"{key}.lora_A.weight"] = torch.randn(rank, fan_in, generator=generator) / fan_in**0.5
+            tensors[f"{key}.lora_B.weight"] = torch.randn(fan_out, rank, generator=generator) * 0.02
+        save_file(tensors, str(run / "adapter" / "adapter_model.safetensors"))
+        LoraConfig(
+            r=rank,
+            lora_alpha=2 * rank,
+            target_modules=kinds,
+            task_type="CAUSAL_LM",
+            base_model_name_or_path=str(loaded.hf_path),
+        ).save_pretrained(str(run / "adapter"))
+        (run / "run.json").write_text(json.dumps(meta))
+        registry.add(f"task{i:02d}", run)
+        shutil.rmtree(run)
+        names.append(f"task{i:02d}")
+    return names
+
+
+@contextlib.contextmanager
+def http_server(app):
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="error", timeout_graceful_shutdown=60))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("server failed to start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(60)
+        sock.close()
+
+
+def load_requests(adapters: list[str], total: int) -> list[tuple[str, str]]:
+    """Round-robin over adapters, cycling prompts: (model, prompt) per request."""
+    return [
+        (adapters[i % len(adapters)], PROMPTS[(i // len(adapters) + i) % len(PROMPTS)]) for i in range(total)
+    ]
+
+
+def drive(url: str, jobs: list[tuple[str, str]], concurrency: int, max_tokens: int) -> dict:
+    """Closed-loop clients over HTTP; returns throughput and every request's text."""
+    import httpx
+
+    async def run() -> dict:
+        queue: asyncio.Queue = asyncio.Queue()
+        for job in jobs:
+            queue.put_nowait(job)
+        outputs: dict[tuple[str, str], str] = {}
+        tokens: list[int] = []
+        latencies: list[float] = []
+
+        async def client(http: httpx.AsyncClient) -> None:
+            while not queue.empty():
+                model, prompt = queue.get_nowait()
+                body = {
+                    "model": model,
+                    "messages": [{"role": "user", "content": prompt}],
+                    "temperature": 0,
+                    "max_tokens": max_tokens,
+                    "ignore_eos": True,
+                }
+                sent = time.perf_counter()
+                response = await http.post(url + "/v1/chat/completions", json=body)
+                response.raise_for_status()
+                data = response.json()
+                latencies.append(time.perf_counter() - sent)
+                tokens.append(data["usage"]["completion_tokens"])
+                outputs[(model, prompt)] = data["choices"][0]["message"]["content"]
+
+        limits = httpx.Limits(max_connections=concurrency)
+        async with httpx.AsyncClient(timeout=600, limits=limits) as http:
+            began = time.perf_counter()
+            await asyncio.gather(*(client(http) for _ in range(concurrency)))
+            wall = time.perf_counter() - began
+        return {
+            "rps": len(jobs) / wall,
+            "tps": sum(tokens) / wall,
+            "p50": statistics.median(latencies),
+            "outputs": outputs,
+            "wall": wall,
+        }
+
+    return asyncio.run(run())
+
+
+def interleave(url: str, names: list[str], counts: list[int], requests: int, args, label: str) -> dict:
+    """Rounds of (N = each count): the machine's background load drifts, so every N sees the
+    same conditions, and the best round per N is kept."""
+    best: dict[int, dict] = {}
+    outputs: dict[tuple, str] = {}
+    for round_ in range(args.rounds):
+        for n in counts:
+            result = drive(url, load_requests(names[:n], requests), args.concurrency, args.max_tokens)
+            outputs.update({(n, *key): text for key, text in result.pop("outputs").items()})
+            print(
+                f"{label:<6} round {round_ + 1} N={n:<3} {result['rps']:6.2f} req/s {result['tps']:8.1f} tok/s",
+                flush=True,
+            )
+            if n not in best or result["tps"] > best[n]["tps"]:
+                best[n] = result
+    return {"runs": best, "outputs": outputs}
+
+
+def run_engine(work: Path, names: list[str], counts: list[int], args) -> dict:
+    import httpx
+
+    from specialize.serve import ServeOptions, create_app
+
+    options = ServeOptions(
+        model=MODEL,
+        registry=work / "registry",
+        adapters=names,
+        max_batch=args.max_batch,
+        max_queue=4 * args.concurrency,
+        max_resident_adapters=len(names),
+        request_log_path=work / "requests.sqlite",
+        threads=args.threads,
+    )
+    app = create_app(options)
+    server = app.state.server
+    with http_server(app) as url:
+        for name in names:  # load every adapter before timing; cold loads are reported apart
+            httpx.post(url + "/v1/adapters", json={"name": name}, timeout=120).raise_for_status()
+        cold = [server.resident.load_seconds / max(server.resident.loads, 1)]
+        drive(url, load_requests(names, args.concurrency), args.concurrency, 4)  # warm-up
+        steps, rows = server.engine.steps, server.engine.step_rows
+        result = interleave(url, names, counts, args.requests, args, "engine")
+        mean_batch = (server.engine.step_rows - rows) / max(server.engine.steps - steps, 1)
+    return {**result, "cold": cold, "mean_batch": mean_batch}
+
+
+def run_naive(work: Path, adapters: list[str], counts: list[int], args) -> dict:
+    """One PeftModel with every adapter; a lock serves one request at a time."""
+    import torch
+    from fastapi import FastAPI
+    from peft import PeftModel
+
+    from specialize.data.tokenize import render_prompt
+    from specialize.models.load import load_model
+    from specialize.registry import AdapterRegistry
+
+    registry = AdapterRegistry(work / "registry")
+    loaded = load_model(MODEL)
+    tokenizer = loaded.tokenizer
+    loads = []
+    model = None
+    for name in adapters:
+        began = time.perf_counter()
+        path = str(registry.get(name).path)
+        if model is None:
+            model = PeftModel.from_pretrained(loaded.model, path, adapter_name=name, low_cpu_mem_usage=True)
+        else:
+            model.load_adapter(path, adapter_name=name, low_cpu_mem_usage=True)
+        loads.append(time.perf_counter() - began)
+    model.eval()
+    lock = threading.Lock()
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    def chat(body: dict) -> dict:  # a plain def: FastAPI runs it in a worker thread
+        with lock:
+            model.set_adapter(body["model"])
+            prompt = render_prompt(tokenizer, body["messages"])
+            ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
+            with torch.inference_mode():
+                # eos_token_id=None: like the engine's ignore_eos, continue past an end of turn.
+                out = model.generate(
+                    **ids,
+                    max_new_tokens=body["max_tokens"],
+                    eos_token_id=None,
+                    do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+            new = out[0, ids["input_ids"].shape[1] :]
+            text = tokenizer.decode(new, skip_special_tokens=True)
+        return {
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}
+            ],
+            "usage": {"prompt_tokens": ids["input_ids"].shape[1], "completion_tokens": len(new)},
+        }
+
+    with http_server(app) as url:
+        drive(url, load_requests(adapters[:2], 2), 1, 4)  # warm-up
+        result = interleave(url, adapters, counts, args.naive_requests, args, "naive")
+    return {**result, "cold": loads}
+
+
+def report(engine: dict, naive: dict, counts: list[int], args) -> None:
+    print()
+    print(
+        f"model {MODEL}, rank-{args.rank} adapters on all linear layers, {args.concurrency} concurrent "
+        f"clients, {args.max_tokens} tokens per request, engine batch {args.max_batch} "
+        f"(mean {engine['mean_batch']:.1f}); best of {args.rounds} interleaved rounds"
+    )
+    print(
+        f"{'adapters':>8} {'engine req/s':>13} {'engine tok/s':>13} {'naive req/s':>12} {'naive tok/s':>12} "
+        f"{'engine/naive':>13}"
+    )
+    ours, theirs = engine["runs"], naive["runs"]
+    for n in counts:
+        print(
+            f"{n:>8} {ours[n]['rps']:>13.2f} {ours[n]['tps']:>13.1f} {theirs[n]['rps']:>12.2f} "
+            f"{theirs[n]['tps']:>12.1f} {ours[n]['tps'] / theirs[n]['tps']:>12.1f}x"
+        )
+    peft = naive["cold"]
+    print(
+        f"adapter cold load (registry -> serving): engine {engine['cold'][0] * 1000:.0f} ms; PEFT load_adapter "
+        f"{peft[0] * 1000:.0f} ms for the first, {statistics.mean(peft) * 1000:.0f} ms mean, "
+        f"{peft[-1] * 1000:.0f} ms for the {len(peft)}th (it walks every module of every loaded adapter)"
+    )
+    shared = [key for key in engine["outputs"] if key in naive["outputs"]]
+    same = sum(engine["outputs"][key] == naive["outputs"][key] for key in shared)
+    print(f"greedy outputs identical between engine and naive baseline: {same}/{len(shared)}")
+    most, least = max(counts), min(counts)
+    scaling = ours[most]["tps"] / ours[least]["tps"]
+    speedup = ours[most]["tps"] / theirs[most]["tps"]
+    print(
+        f"RESULT {most} adapters vs {least}: {scaling:.2f}x throughput (target >= 0.7); "
+        f"vs naive per-request switching: {speedup:.1f}x (target >= 2)"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

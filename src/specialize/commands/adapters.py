@@ -1,0 +1,125 @@
+"""`specialize adapters add | list | show | remove`: the adapter registry from the command line."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from specialize.cli_support import console, quiet_libraries, user_errors
+
+adapters_app = typer.Typer(
+    help="The adapter registry: named, versioned LoRA adapters that `specialize serve` can serve.",
+    no_args_is_help=True,
+)
+
+RegistryOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--registry",
+        help="Registry directory (default: $SPECIALIZE_REGISTRY, else $SPECIALIZE_HOME/registry).",
+    ),
+]
+
+
+@adapters_app.command("add")
+@user_errors
+def add(
+    name: Annotated[str, typer.Argument(help="Adapter name: a-z 0-9 . _ -, e.g. banking77.")],
+    source: Annotated[Path, typer.Argument(help="A trained run directory, or a PEFT adapter directory.")],
+    base: Annotated[
+        str | None,
+        typer.Option("--base", help="Base model; required for a PEFT dir whose base cannot be resolved."),
+    ] = None,
+    registry: RegistryOpt = None,
+) -> None:
+    """Add an adapter (a new version if the name exists); refuses adapters of another base model."""
+    quiet_libraries()
+    from specialize.registry import AdapterRegistry
+
+    record = AdapterRegistry(registry).add(name, source, base=base)
+    console.print(
+        f"[green]added[/] {record.name} v{record.version}  base={record.base_model_id}  rank={record.rank}  "
+        f"{_size(record.size_bytes)}  -> {record.path}"
+    )
+
+
+@adapters_app.command("list")
+@user_errors
+def list_adapters(
+    all_versions: Annotated[bool, typer.Option("--all", help="Every version, not only the latest.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    registry: RegistryOpt = None,
+) -> None:
+    """List the registry's adapters."""
+    quiet_libraries()
+    from specialize.registry import AdapterRegistry
+
+    store = AdapterRegistry(registry)
+    records = store.list(all_versions=all_versions)
+    if as_json:
+        sys.stdout.write(json.dumps([r.to_dict() for r in records], indent=2) + "\n")
+        return
+    if not records:
+        console.print(f"no adapters in {store.root}; add one with `specialize adapters add NAME RUN_DIR`")
+        return
+    table = Table(title=f"Adapters in {store.root}", title_justify="left")
+    for column in ("name", "version", "base model", "rank", "size", "created", "eval"):
+        table.add_column(column)
+    for r in records:
+        table.add_row(
+            r.name,
+            f"v{r.version}",
+            r.base_model_id,
+            str(r.rank),
+            _size(r.size_bytes),
+            _when(r.created),
+            r.eval_headline or "-",
+        )
+    console.print(table)
+
+
+@adapters_app.command("show")
+@user_errors
+def show(
+    name: Annotated[str, typer.Argument(help="Adapter name.")],
+    version: Annotated[int | None, typer.Option("--version", "-v", help="Default: the latest.")] = None,
+    registry: RegistryOpt = None,
+) -> None:
+    """Show one adapter's metadata as JSON."""
+    quiet_libraries()
+    from specialize.registry import AdapterRegistry
+
+    record = AdapterRegistry(registry).get(name, version)
+    data = record.to_dict()
+    data["created"] = _when(record.created)
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+@adapters_app.command("remove")
+@user_errors
+def remove(
+    name: Annotated[str, typer.Argument(help="Adapter name.")],
+    version: Annotated[int | None, typer.Option("--version", "-v", help="Remove only this version.")] = None,
+    registry: RegistryOpt = None,
+) -> None:
+    """Remove an adapter (every version, or one)."""
+    quiet_libraries()
+    from specialize.registry import AdapterRegistry
+
+    removed = AdapterRegistry(registry).remove(name, version)
+    versions = ", ".join(f"v{r.version}" for r in removed)
+    console.print(f"[green]removed[/] {name} ({versions})")
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 1e6:.1f} MB" if nbytes >= 100_000 else f"{nbytes / 1e3:.1f} kB"
+
+
+def _when(ts: float) -> str:
+    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")

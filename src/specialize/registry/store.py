@@ -1,0 +1,494 @@
+"""The adapter registry: named, versioned LoRA adapters as SQLite metadata plus files.
+
+Layout of a registry directory (default `$SPECIALIZE_HOME/registry`, else
+`~/.local/share/specialize/registry`; `$SPECIALIZE_REGISTRY` or an argument overrides it):
+
+    registry.sqlite                      one row per (name, version), see `_SCHEMA`
+    <name>/v<N>/adapter_config.json      exactly the PEFT files, so vLLM / LoRAX can serve
+    <name>/v<N>/adapter_model.safetensors  the same directories at cluster scale
+
+A version is immutable: re-adding a name writes a new `v<N+1>` directory, never over the old
+files, so a server holding v1 in memory can never mix v1 and v2 weights. Files are copied into a
+temp directory and renamed into place, and the row is inserted in the same transaction that
+chose N, so a killed `add` leaves either nothing or a complete version. Only safetensors are
+accepted: pickled weights (`adapter_model.bin`) can execute code when loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import sqlite3
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from specialize.errors import SpecializeError
+
+HOME_ENV = "SPECIALIZE_HOME"
+REGISTRY_ENV = "SPECIALIZE_REGISTRY"
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS adapters (
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    path TEXT NOT NULL,               -- relative to the registry directory: <name>/v<N>
+    base_model_id TEXT NOT NULL,
+    base_ref TEXT NOT NULL,           -- JSON of specialize.models.registry.ModelRef
+    base_fingerprint TEXT NOT NULL,   -- weights_fingerprint() of the base the adapter was trained on
+    rank INTEGER NOT NULL,
+    alpha REAL NOT NULL,
+    target_modules TEXT NOT NULL,     -- JSON list
+    size_bytes INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,             -- of adapter_model.safetensors
+    created REAL NOT NULL,            -- unix time
+    eval_headline TEXT,               -- the run's eval/report.json "headline", when there is one
+    source TEXT NOT NULL,             -- where it was added from
+    PRIMARY KEY (name, version)
+)
+"""
+
+
+class RegistryError(SpecializeError):
+    """An adapter cannot be added, found or used."""
+
+    exit_code = 2
+
+
+class AdapterNotFoundError(RegistryError):
+    pass
+
+
+class IncompatibleAdapterError(RegistryError):
+    """The adapter was trained on other base weights than the ones it would run on."""
+
+
+def data_home() -> Path:
+    root = os.environ.get(HOME_ENV)
+    if root:
+        return Path(root).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "specialize"
+
+
+def default_registry_dir() -> Path:
+    explicit = os.environ.get(REGISTRY_ENV)
+    return Path(explicit).expanduser() if explicit else data_home() / "registry"
+
+
+def check_name(name: str) -> str:
+    if not NAME_PATTERN.fullmatch(name or ""):
+        raise RegistryError(
+            f"invalid adapter name '{name}': use 1-64 characters from a-z 0-9 . _ -, "
+            "starting with a letter or digit (e.g. 'banking77' or 'support-v2')"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class AdapterRecord:
+    name: str
+    version: int
+    path: Path
+    base_model_id: str
+    base_ref: dict[str, str]
+    base_fingerprint: str
+    rank: int
+    alpha: float
+    target_modules: list[str]
+    size_bytes: int
+    sha256: str
+    created: float
+    eval_headline: str | None
+    source: str
+
+    @property
+    def key(self) -> str:
+        """Identity of these exact weights: a removed and re-added name never reuses a key."""
+        return f"{self.name}@v{self.version}:{self.sha256[:12]}"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["path"] = str(self.path)
+        return data
+
+
+@dataclass(frozen=True)
+class AdapterSource:
+    """What `add` found at a path, before anything is written."""
+
+    adapter_dir: Path
+    run_dir: Path | None
+    config: dict[str, Any]
+    base_ref: dict[str, str]
+    base_fingerprint: str
+    eval_headline: str | None = None
+    tensor_names: list[str] = field(default_factory=list)
+
+
+def inspect_source(path: str | Path, base: str | None = None) -> AdapterSource:
+    """Find and validate the adapter at `path` (a run directory or a PEFT directory)."""
+    path = Path(path).expanduser()
+    if (path / "adapter" / CONFIG_FILE).is_file():
+        adapter_dir, run_dir = path / "adapter", path
+    elif (path / CONFIG_FILE).is_file():
+        adapter_dir = path
+        run_dir = path.parent if (path.parent / "run.json").is_file() else None
+    elif path.is_dir():
+        if (path / "model" / "config.json").is_file():
+            raise RegistryError(f"{path}: a full fine-tune, not a LoRA adapter; serve it as a model instead")
+        raise RegistryError(f"{path}: no adapter found (neither {CONFIG_FILE} nor adapter/{CONFIG_FILE})")
+    else:
+        raise RegistryError(f"{path}: no such run or adapter directory")
+
+    config = _read_adapter_config(adapter_dir)
+    tensor_names = _check_weights(adapter_dir)
+    base_ref, fingerprint = _base_of(adapter_dir, run_dir, config, base)
+    return AdapterSource(
+        adapter_dir=adapter_dir,
+        run_dir=run_dir,
+        config=config,
+        base_ref=base_ref,
+        base_fingerprint=fingerprint,
+        eval_headline=_eval_headline(run_dir),
+        tensor_names=tensor_names,
+    )
+
+
+def _read_adapter_config(adapter_dir: Path) -> dict[str, Any]:
+    file = adapter_dir / CONFIG_FILE
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RegistryError(f"{file}: not a readable JSON adapter config: {exc}") from None
+    if not isinstance(config, dict):
+        raise RegistryError(f"{file}: an adapter config is a JSON object")
+    if str(config.get("peft_type", "")).upper() != "LORA":
+        raise RegistryError(
+            f"{file}: peft_type is {config.get('peft_type')!r}; only LoRA adapters are served"
+        )
+    if not isinstance(config.get("r"), int) or config["r"] < 1:
+        raise RegistryError(f"{file}: field 'r' (the LoRA rank) must be a positive integer")
+    return config
+
+
+def _check_weights(adapter_dir: Path) -> list[str]:
+    weights = adapter_dir / WEIGHTS_FILE
+    if not weights.is_file():
+        pickles = [p.name for p in adapter_dir.iterdir() if p.suffix in _PICKLE_SUFFIXES]
+        if pickles:
+            raise RegistryError(
+                f"{adapter_dir}: weights are pickled ({', '.join(pickles)}), which can run code when "
+                f"loaded; only {WEIGHTS_FILE} is accepted (re-save with save_pretrained(..., "
+                "safe_serialization=True))"
+            )
+        raise RegistryError(f"{adapter_dir}: {WEIGHTS_FILE} is missing")
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            names = list(handle.keys())
+    except Exception as exc:  # safetensors raises several types for a corrupt header
+        raise RegistryError(f"{weights}: not a valid safetensors file: {exc}") from None
+    if not any(".lora_A." in n for n in names):
+        raise RegistryError(f"{weights}: holds no LoRA tensors (no '*.lora_A.weight')")
+    return names
+
+
+def _base_of(
+    adapter_dir: Path, run_dir: Path | None, config: dict[str, Any], base: str | None
+) -> tuple[dict[str, str], str]:
+    """The base model the adapter belongs to: the run's record, else --base, else the adapter
+    config's base_model_name_or_path if it resolves on this machine. An explicit --base that
+    disagrees with the run's record is refused."""
+    from specialize.models.registry import resolve_model, weights_fingerprint
+
+    given = None
+    if base is not None:
+        ref = resolve_model(base)
+        given = (ref.to_dict(), weights_fingerprint(ref))
+    if run_dir is not None:
+        meta = _read_json(run_dir / "run.json")
+        recorded = meta.get("base_model")
+        fingerprint = meta.get("base_fingerprint")
+        if isinstance(recorded, dict) and isinstance(fingerprint, str):
+            if given is not None and given[1] != fingerprint:
+                raise IncompatibleAdapterError(
+                    f"{adapter_dir} was trained on '{recorded.get('model_id')}' (weights {fingerprint}), "
+                    f"not on '{given[0]['model_id']}' (weights {given[1]}); an adapter only works on "
+                    "the exact base weights it was trained on"
+                )
+            return {k: str(v) for k, v in recorded.items()}, fingerprint
+    if given is not None:
+        return given
+    name = config.get("base_model_name_or_path")
+    if name:
+        try:
+            ref = _unconverted(resolve_model(str(name)))
+            return ref.to_dict(), weights_fingerprint(ref)
+        except SpecializeError:
+            pass
+    raise RegistryError(
+        f"{adapter_dir}: cannot tell which base model this adapter was trained on (no run.json, and "
+        f"base_model_name_or_path={name!r} does not resolve here); pass --base MODEL"
+    )
+
+
+def _unconverted(ref: Any) -> Any:
+    """A GGUF model converted to safetensors by specialize records its source; runs fingerprint
+    the GGUF reference, so an adapter pointing at the converted copy gets the same identity."""
+    from specialize.models.bundled import BUNDLED
+    from specialize.models.registry import resolve_model
+
+    source = Path(ref.path) / "SOURCE"
+    if ref.kind != "hf-dir" or not source.is_file():
+        return ref
+    text = source.read_text(encoding="utf-8").strip()
+    gguf = text.removeprefix("converted from ").strip()
+    if not gguf.endswith(".gguf") or not Path(gguf).is_file():
+        return ref
+    for alias, bundled in BUNDLED.items():
+        located = bundled.locate()
+        if located is not None and Path(located).resolve() == Path(gguf).resolve():
+            return resolve_model(alias)
+    return resolve_model(gguf)
+
+
+def _eval_headline(run_dir: Path | None) -> str | None:
+    if run_dir is None:
+        return None
+    report = run_dir / "eval" / "report.json"
+    if not report.is_file():
+        return None
+    headline = _read_json(report).get("headline")
+    if headline is None:
+        return None
+    return headline if isinstance(headline, str) else json.dumps(headline, ensure_ascii=False)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RegistryError(f"{path}: not readable JSON: {exc}") from None
+    return data if isinstance(data, dict) else {}
+
+
+class AdapterRegistry:
+    """Add, list, find and remove adapters. Safe to use from several processes at once."""
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root).expanduser() if root is not None else default_registry_dir()
+        self.db_path = self.root / "registry.sqlite"
+
+    @contextlib.contextmanager
+    def _connect(self, write: bool = False) -> Iterator[sqlite3.Connection]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        try:
+            conn.execute(_SCHEMA)
+            if not write:
+                yield conn
+                return
+            conn.execute("BEGIN IMMEDIATE")  # one writer at a time chooses the next version
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        finally:
+            conn.close()
+
+    def add(self, name: str, source: str | Path, *, base: str | None = None) -> AdapterRecord:
+        """Copy the adapter at `source` into the registry as the next version of `name`."""
+        check_name(name)
+        found = inspect_source(source, base=base)
+        staging = Path(tempfile.mkdtemp(prefix=f".incoming-{name}-", dir=self._ensure_root()))
+        final: Path | None = None
+        try:
+            sha256 = _copy_file(found.adapter_dir / WEIGHTS_FILE, staging / WEIGHTS_FILE)
+            _copy_file(found.adapter_dir / CONFIG_FILE, staging / CONFIG_FILE)
+            size = sum(p.stat().st_size for p in staging.iterdir())
+            with self._connect(write=True) as conn:
+                row = conn.execute("SELECT MAX(version) FROM adapters WHERE name = ?", (name,)).fetchone()
+                version = max(row[0] or 0, self._max_dir_version(name)) + 1
+                final = self.root / name / f"v{version}"
+                final.parent.mkdir(parents=True, exist_ok=True)
+                staging.rename(final)
+                record = AdapterRecord(
+                    name=name,
+                    version=version,
+                    path=final,
+                    base_model_id=found.base_ref.get("model_id", "?"),
+                    base_ref=found.base_ref,
+                    base_fingerprint=found.base_fingerprint,
+                    rank=int(found.config["r"]),
+                    alpha=float(found.config.get("lora_alpha", found.config["r"])),
+                    target_modules=_target_modules(found),
+                    size_bytes=size,
+                    sha256=sha256,
+                    created=time.time(),
+                    eval_headline=found.eval_headline,
+                    source=str(Path(source).expanduser().resolve()),
+                )
+                conn.execute(
+                    "INSERT INTO adapters VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        name,
+                        version,
+                        f"{name}/v{version}",
+                        record.base_model_id,
+                        json.dumps(record.base_ref),
+                        record.base_fingerprint,
+                        record.rank,
+                        record.alpha,
+                        json.dumps(record.target_modules),
+                        size,
+                        sha256,
+                        record.created,
+                        record.eval_headline,
+                        record.source,
+                    ),
+                )
+            return record
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            if final is not None and not self._has_row(name, final):
+                shutil.rmtree(final, ignore_errors=True)
+            raise
+
+    def list(self, *, all_versions: bool = False) -> list[AdapterRecord]:
+        """The latest version of every adapter (or every version), sorted by name."""
+        query = "SELECT * FROM adapters a"
+        if not all_versions:
+            query += " WHERE version = (SELECT MAX(version) FROM adapters b WHERE b.name = a.name)"
+        with self._connect() as conn:
+            rows = conn.execute(query + " ORDER BY name, version").fetchall()
+        return [self._record(row) for row in rows]
+
+    def get(self, name: str, version: int | None = None) -> AdapterRecord:
+        with self._connect() as conn:
+            if version is None:
+                row = conn.execute(
+                    "SELECT * FROM adapters WHERE name = ? ORDER BY version DESC LIMIT 1", (name,)
+                ).fetchone()
+            else:
+                row = conn.execute(
+                    "SELECT * FROM adapters WHERE name = ? AND version = ?", (name, version)
+                ).fetchone()
+        if row is None:
+            what = f"'{name}'" + (f" version {version}" if version is not None else "")
+            raise AdapterNotFoundError(
+                f"no adapter {what} in the registry {self.root}; add it with `specialize adapters add`"
+            )
+        return self._record(row)
+
+    def remove(self, name: str, version: int | None = None) -> list[AdapterRecord]:
+        """Delete one version, or all versions of a name; returns what was removed."""
+        with self._connect(write=True) as conn:
+            if version is None:
+                rows = conn.execute("SELECT * FROM adapters WHERE name = ?", (name,)).fetchall()
+                conn.execute("DELETE FROM adapters WHERE name = ?", (name,))
+            else:
+                rows = conn.execute(
+                    "SELECT * FROM adapters WHERE name = ? AND version = ?", (name, version)
+                ).fetchall()
+                conn.execute("DELETE FROM adapters WHERE name = ? AND version = ?", (name, version))
+        if not rows:
+            self.get(name, version)  # raises the not-found message
+        removed = [self._record(row) for row in rows]
+        for record in removed:
+            _remove_tree(record.path)
+        if version is None or not any((self.root / name).glob("v*")):
+            with contextlib.suppress(OSError):
+                (self.root / name).rmdir()
+        return removed
+
+    def _ensure_root(self) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return self.root
+
+    def _max_dir_version(self, name: str) -> int:
+        """Versions left on disk by a crash between rename and commit are never reused."""
+        versions = [int(p.name[1:]) for p in (self.root / name).glob("v*") if p.name[1:].isdigit()]
+        return max(versions, default=0)
+
+    def _has_row(self, name: str, path: Path) -> bool:
+        try:
+            with self._connect() as conn:
+                row = conn.execute(
+                    "SELECT 1 FROM adapters WHERE name = ? AND path = ?", (name, f"{name}/{path.name}")
+                ).fetchone()
+        except sqlite3.Error:
+            return False
+        return row is not None
+
+    def _record(self, row: sqlite3.Row) -> AdapterRecord:
+        return AdapterRecord(
+            name=row["name"],
+            version=row["version"],
+            path=self.root / row["path"],
+            base_model_id=row["base_model_id"],
+            base_ref=json.loads(row["base_ref"]),
+            base_fingerprint=row["base_fingerprint"],
+            rank=row["rank"],
+            alpha=row["alpha"],
+            target_modules=json.loads(row["target_modules"]),
+            size_bytes=row["size_bytes"],
+            sha256=row["sha256"],
+            created=row["created"],
+            eval_headline=row["eval_headline"],
+            source=row["source"],
+        )
+
+
+def check_compatible(record: AdapterRecord, base_fingerprint: str, base_model_id: str) -> None:
+    """Refuse to run an adapter on base weights other than the ones it was trained on."""
+    if record.base_fingerprint != base_fingerprint:
+        raise IncompatibleAdapterError(
+            f"adapter '{record.name}' (v{record.version}) was trained on '{record.base_model_id}' "
+            f"(weights {record.base_fingerprint}), but this server runs '{base_model_id}' "
+            f"(weights {base_fingerprint}); serve it with --model {record.base_ref.get('ref', record.base_model_id)}"
+        )
+
+
+def _target_modules(found: AdapterSource) -> list[str]:
+    """The module kinds the adapter touches, read from its tensors (the config may say 'all-linear')."""
+    kinds = {n.split(".lora_A.")[0].rsplit(".", 1)[-1] for n in found.tensor_names if ".lora_A." in n}
+    return sorted(kinds)
+
+
+def _copy_file(src: Path, dst: Path) -> str:
+    digest = hashlib.sha256()
+    with src.open("rb") as fin, dst.open("wb") as fout:
+        while chunk := fin.read(1 << 20):
+            digest.update(chunk)
+            fout.write(chunk)
+        fout.flush()
+        os.fsync(fout.fileno())
+    return digest.hexdigest()
+
+
+def _remove_tree(path: Path) -> None:
+    """Rename first, so a reader never sees a half-deleted version directory."""
+    if not path.exists():
+        return
+    trash = path.with_name(f".trash-{path.name}-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        path.rename(trash)
+    except OSError:
+        trash = path
+    shutil.rmtree(trash, ignore_errors=True)

@@ -1,0 +1,21 @@
+"""Serving: one base model, many LoRA adapters, an OpenAI-compatible HTTP API.
+
+`serve(ServeOptions(...))` runs the server; `create_app` gives the FastAPI app (tests, embedding);
+`Engine` is the batching scheduler, usable without HTTP.
+"""
+
+from specialize.serve.app import APIError, ModelServer, ServeOptions, create_app, serve
+from specialize.serve.engine import Completion, Engine, EngineStopped, QueueFull, SamplingParams
+
+__all__ = [
+    "APIError",
+    "Completion",
+    "Engine",
+    "EngineStopped",
+    "ModelServer",
+    "QueueFull",
+    "SamplingParams",
+    "ServeOptions",
+    "create_app",
+    "serve",
+]

@@ -1,0 +1,575 @@
+"""The scheduler: continuous batching of generation requests over one base model and many adapters.
+
+One background thread owns the model. Every iteration of its loop:
+
+1. runs control commands (adapter loads and unloads) between forward passes, never during one;
+2. admits waiting requests while the batch has room: their prompts are prefilled together
+   (left-padded, each row routed to its own adapter slot), their first token is sampled, and
+   their KV cache is merged into the running batch's cache (the shorter side is left-padded);
+3. runs one decode step for the whole batch, samples each row with its own parameters, and
+   drops the rows that finished (end of turn, a stop string, max_tokens, or cancellation).
+
+Left padding, the attention mask and explicit position ids make each row's computation the same
+as if it ran alone, so a greedy request gets the same tokens whatever else shares its batch.
+The queue of waiting requests is bounded: `submit` raises `QueueFull` instead of letting latency
+grow without limit, and the HTTP layer turns that into a 503 the client can retry.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from specialize.errors import SpecializeError
+from specialize.registry.store import AdapterRecord
+from specialize.serve.adapters import ResidentAdapters
+
+log = logging.getLogger(__name__)
+
+Event = tuple[str, Any]  # ("delta", str) | ("done", Completion) | ("error", BaseException)
+_ids = itertools.count(1)
+
+
+class QueueFull(SpecializeError):
+    """More requests are waiting than the server accepts; retry later."""
+
+
+class EngineStopped(SpecializeError):
+    """The server is shutting down and takes no new requests."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 16
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    ignore_eos: bool = False  # generate exactly max_tokens (benchmarks), as vLLM's extension
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str  # "stop" | "length" | "cancelled"
+    prompt_tokens: int
+    completion_tokens: int
+    token_ids: list[int] = field(repr=False)
+    queued_seconds: float
+    first_token_seconds: float | None
+    total_seconds: float
+
+
+class RequestHandle:
+    """A submitted request. Events go to `on_event` from the engine thread; `wait()` blocks."""
+
+    def __init__(
+        self,
+        prompt_ids: Sequence[int],
+        params: SamplingParams,
+        adapter: AdapterRecord | None,
+        on_event: Callable[[Event], None] | None,
+    ):
+        self.id = next(_ids)
+        self.prompt_ids = list(prompt_ids)
+        self.params = params
+        self.adapter = adapter
+        self._on_event = on_event
+        self.submitted = time.perf_counter()
+        self.admitted: float | None = None
+        self.first_token: float | None = None
+        self.cancelled = False
+        self.result: Completion | None = None
+        self.error: BaseException | None = None
+        self._done = threading.Event()
+
+    def cancel(self) -> None:
+        """Stop generating (the client went away); the row is dropped at the next step."""
+        self.cancelled = True
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> Completion:
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"request {self.id} did not finish in {timeout} s")
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+    def _emit(self, kind: str, payload: Any) -> None:
+        if kind == "done":
+            self.result = payload
+        elif kind == "error":
+            self.error = payload
+        if self._on_event is not None:
+            try:
+                self._on_event((kind, payload))
+            except Exception:  # a broken consumer must not stop the engine
+                log.exception("event callback of request %d failed", self.id)
+        if kind in ("done", "error"):
+            self._done.set()
+
+
+class _Row:
+    """One running request: its slot, position, generated tokens and the text sent so far."""
+
+    def __init__(self, handle: RequestHandle, slot: int):
+        self.handle = handle
+        self.slot = slot
+        self.key = handle.adapter.key if handle.adapter is not None else None
+        self.position = len(handle.prompt_ids)
+        self.pending = 0  # the last sampled token, fed at the next step
+        self.tokens: list[int] = []
+        self.text = ""
+        self.emitted = 0
+        self.finish_reason: str | None = None
+        seed = handle.params.seed if handle.params.seed is not None else secrets.randbits(63)
+        self.generator = torch.Generator().manual_seed(seed) if handle.params.temperature > 0 else None
+
+    def accept(self, token: int, tokenizer: Any, eos_ids: frozenset[int]) -> bool:
+        """Record a sampled token, stream the new text, and say whether the request is done."""
+        params = self.handle.params
+        self.tokens.append(token)
+        self.pending = token
+        if self.handle.first_token is None:
+            self.handle.first_token = time.perf_counter()
+        reason = None
+        text_tokens = self.tokens
+        if token in eos_ids and not params.ignore_eos:
+            reason, text_tokens = "stop", self.tokens[:-1]
+        text = tokenizer.decode(text_tokens, skip_special_tokens=True)
+        if reason is None and params.stop:
+            cut = _first_stop(text, params.stop, start=max(0, self.emitted - max(map(len, params.stop))))
+            if cut is not None:
+                text, reason = text[:cut], "stop"
+        if reason is None and len(self.tokens) >= params.max_tokens:
+            reason = "length"
+        self.text = text
+        safe = len(text) if reason else len(text) - _holdback(text, params.stop)
+        if safe > self.emitted:
+            self.handle._emit("delta", text[self.emitted : safe])
+            self.emitted = safe
+        self.finish_reason = reason
+        return reason is not None
+
+
+def _first_stop(text: str, stops: Sequence[str], start: int) -> int | None:
+    found = [i for i in (text.find(s, start) for s in stops if s) if i >= 0]
+    return min(found) if found else None
+
+
+def _holdback(text: str, stops: Sequence[str]) -> int:
+    """Characters not to stream yet: a possible start of a stop string, or half a UTF-8 char."""
+    hold = 1 if text.endswith("\ufffd") else 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), 0, -1):
+            if text.endswith(stop[:k]):
+                hold = max(hold, k)
+                break
+    return hold
+
+
+class Engine:
+    """Continuous batching over one model; requests may each use a different adapter."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        adapters: ResidentAdapters | None = None,
+        max_batch: int = 16,
+        max_queue: int = 64,
+        eos_token_ids: Sequence[int] | None = None,
+    ):
+        if max_batch < 1 or max_queue < 1:
+            raise ValueError("max_batch and max_queue must be at least 1")
+        self.model = model.eval()
+        # A private copy: the HTTP threads encode with the shared tokenizer while this thread decodes.
+        self.tokenizer = copy.deepcopy(tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.adapters = adapters if adapters is not None else ResidentAdapters(model)
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self.eos_ids = frozenset(eos_token_ids if eos_token_ids is not None else _eos_ids(model, tokenizer))
+        self._cv = threading.Condition()
+        self._waiting: deque[RequestHandle] = deque()
+        self._commands: deque[tuple[Callable[[], Any], Future]] = deque()
+        self._rows: list[_Row] = []
+        self._cache: Any = None
+        self._mask: torch.Tensor | None = None
+        self._accepting = True
+        self._stopping = False
+        self._drain = True
+        self._paused = False
+        self._thread: threading.Thread | None = None
+        self.steps = 0
+        self.step_rows = 0
+        self.generated_tokens = 0
+        self.prefills = 0
+
+    # Public API (any thread) ---------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._check_cache_layout()
+        self._thread = threading.Thread(target=self._run, name="specialize-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self, *, drain: bool = True, timeout: float | None = None) -> None:
+        """Stop taking requests; with `drain`, finish every accepted request first."""
+        with self._cv:
+            self._accepting = False
+            self._stopping = True
+            self._drain = drain
+            self._paused = False
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def submit(
+        self,
+        prompt_ids: Sequence[int],
+        params: SamplingParams,
+        adapter: AdapterRecord | None = None,
+        on_event: Callable[[Event], None] | None = None,
+    ) -> RequestHandle:
+        if not prompt_ids:
+            raise ValueError("the prompt is empty")
+        if params.max_tokens < 1:
+            raise ValueError("max_tokens must be at least 1")
+        handle = RequestHandle(prompt_ids, params, adapter, on_event)
+        with self._cv:
+            if not self._accepting:
+                raise EngineStopped("the server is shutting down")
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFull(f"{len(self._waiting)} requests are already waiting; retry later")
+            self._waiting.append(handle)
+            self._cv.notify_all()
+        return handle
+
+    def generate(
+        self, prompt_ids: Sequence[int], params: SamplingParams, adapter: AdapterRecord | None = None
+    ) -> Completion:
+        return self.submit(prompt_ids, params, adapter).wait()
+
+    def call(self, fn: Callable[[], Any]) -> Future:
+        """Run `fn` on the engine thread between two forward passes (adapter loads, unloads)."""
+        future: Future = Future()
+        with self._cv:
+            running = self._thread is not None and self._thread.is_alive()
+            if running:
+                self._commands.append((fn, future))
+                self._cv.notify_all()
+        if not running:
+            _run_command(fn, future)
+        return future
+
+    def pause(self) -> None:
+        """Hold the scheduler between steps (maintenance, tests); requests keep queueing."""
+        with self._cv:
+            self._paused = True
+
+    def resume(self) -> None:
+        with self._cv:
+            self._paused = False
+            self._cv.notify_all()
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def running(self) -> int:
+        return len(self._rows)
+
+    # The loop (engine thread) ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while True:
+                    busy = bool(self._waiting or self._rows)
+                    finished = self._stopping and (not busy or not self._drain)
+                    if self._commands or finished or (busy and not self._paused):
+                        break
+                    self._cv.wait()
+                commands = list(self._commands)
+                self._commands.clear()
+            for fn, future in commands:
+                _run_command(fn, future)
+            if finished:
+                self._abandon(EngineStopped("the server stopped before this request ran"))
+                return
+            try:
+                self._admit()
+                if self._rows and not self._paused:
+                    self._decode()
+            except Exception as exc:  # keep serving: fail the batch, not the server
+                log.exception("decode step failed")
+                self._fail_rows(self._rows, exc)
+                self._rows, self._cache, self._mask = [], None, None
+
+    def _admit(self) -> None:
+        room = self.max_batch - len(self._rows)
+        with self._cv:
+            if room <= 0 or self._paused or not self._waiting:
+                return
+            taken = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
+        rows: list[_Row] = []
+        for n, handle in enumerate(taken):
+            if handle.cancelled:
+                handle._emit("done", _cancelled(handle))
+                continue
+            try:
+                slot = self.adapters.acquire(handle.adapter) if handle.adapter is not None else 0
+            except Exception as exc:
+                log.warning("request %d: adapter failed to load: %s", handle.id, exc)
+                handle._emit("error", exc)
+                continue
+            if slot is None:  # every slot pinned by running requests: keep FIFO order, retry later
+                with self._cv:
+                    self._waiting.extendleft(reversed(taken[n:]))
+                break
+            handle.admitted = time.perf_counter()
+            rows.append(_Row(handle, slot))
+        if rows:
+            try:
+                self._prefill(rows)
+            except Exception as exc:
+                log.exception("prefill failed")
+                self._fail_rows(rows, exc)
+
+    @torch.inference_mode()
+    def _prefill(self, rows: list[_Row]) -> None:
+        width = max(len(r.handle.prompt_ids) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            prompt = row.handle.prompt_ids
+            ids[i, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            mask[i, width - len(prompt) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        device = self.model.device
+        self.adapters.route([r.slot for r in rows])
+        out = self.model(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            position_ids=positions.to(device),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        self.prefills += 1
+        tokens = self._sample(out.logits[:, -1, :], rows)
+        keep = []
+        for i, (row, token) in enumerate(zip(rows, tokens, strict=True)):
+            if row.accept(token, self.tokenizer, self.eos_ids):
+                self._finish(row)
+            else:
+                keep.append(i)
+        self.generated_tokens += len(rows)
+        if not keep:
+            return
+        cache, mask = out.past_key_values, mask.to(device)
+        if len(keep) < len(rows):
+            index = torch.tensor(keep, device=device)
+            _select(cache, index)
+            mask = mask.index_select(0, index)
+        self._merge(cache, mask, [rows[i] for i in keep])
+
+    def _merge(self, cache: Any, mask: torch.Tensor, rows: list[_Row]) -> None:
+        if not self._rows:
+            self._cache, self._mask, self._rows = cache, mask, rows
+            return
+        assert self._mask is not None
+        have, new = self._mask.shape[1], mask.shape[1]
+        if have < new:
+            _pad_left(self._cache, new - have)
+            self._mask = F.pad(self._mask, (new - have, 0))
+        elif new < have:
+            _pad_left(cache, have - new)
+            mask = F.pad(mask, (have - new, 0))
+        for mine, theirs in zip(self._cache.layers, cache.layers, strict=True):
+            mine.keys = torch.cat([mine.keys, theirs.keys])
+            mine.values = torch.cat([mine.values, theirs.values])
+        self._mask = torch.cat([self._mask, mask])
+        self._rows = self._rows + rows
+
+    @torch.inference_mode()
+    def _decode(self) -> None:
+        rows = self._rows
+        assert self._mask is not None
+        device = self.model.device
+        ids = torch.tensor([[r.pending] for r in rows], dtype=torch.long, device=device)
+        positions = torch.tensor([[r.position] for r in rows], dtype=torch.long, device=device)
+        mask = F.pad(self._mask, (0, 1), value=1)
+        self.adapters.route([r.slot for r in rows])
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=self._cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        self._mask = mask
+        self.steps += 1
+        self.step_rows += len(rows)
+        self.generated_tokens += len(rows)
+        tokens = self._sample(out.logits[:, -1, :], rows)
+        keep = []
+        for i, (row, token) in enumerate(zip(rows, tokens, strict=True)):
+            row.position += 1
+            if row.handle.cancelled:
+                row.finish_reason = "cancelled"
+                self._finish(row)
+            elif row.accept(token, self.tokenizer, self.eos_ids):
+                self._finish(row)
+            else:
+                keep.append(i)
+        if len(keep) == len(rows):
+            return
+        if not keep:
+            self._rows, self._cache, self._mask = [], None, None
+            return
+        index = torch.tensor(keep, device=device)
+        _select(self._cache, index)
+        self._mask = self._mask.index_select(0, index)
+        self._rows = [rows[i] for i in keep]
+        # Columns that are padding in every remaining row are dead weight for attention.
+        first = int(self._mask.any(0).int().argmax())
+        if first > 0:
+            _trim_left(self._cache, first)
+            self._mask = self._mask[:, first:]
+
+    def _sample(self, logits: torch.Tensor, rows: list[_Row]) -> list[int]:
+        logits = logits.float()
+        chosen = logits.argmax(-1).tolist()
+        for i, row in enumerate(rows):
+            params = row.handle.params
+            if params.temperature > 0:
+                chosen[i] = _sample_row(logits[i], params.temperature, params.top_p, row.generator)
+        return chosen
+
+    def _finish(self, row: _Row) -> None:
+        if row.key is not None:
+            self.adapters.release(row.key)
+        handle = row.handle
+        now = time.perf_counter()
+        handle._emit(
+            "done",
+            Completion(
+                text=row.text,
+                finish_reason=row.finish_reason or "stop",
+                prompt_tokens=len(handle.prompt_ids),
+                completion_tokens=len(row.tokens),
+                token_ids=list(row.tokens),
+                queued_seconds=(handle.admitted or now) - handle.submitted,
+                first_token_seconds=(handle.first_token - handle.submitted) if handle.first_token else None,
+                total_seconds=now - handle.submitted,
+            ),
+        )
+
+    def _fail_rows(self, rows: list[_Row], exc: BaseException) -> None:
+        for row in rows:
+            if row.key is not None:
+                self.adapters.release(row.key)
+            if not row.handle.done:
+                row.handle._emit("error", exc)
+
+    def _abandon(self, exc: BaseException) -> None:
+        with self._cv:
+            waiting = list(self._waiting)
+            self._waiting.clear()
+        for handle in waiting:
+            handle._emit("error", exc)
+        self._fail_rows(self._rows, exc)
+        self._rows, self._cache, self._mask = [], None, None
+
+    @torch.inference_mode()
+    def _check_cache_layout(self) -> None:
+        """Cache surgery (merge, select, trim) assumes plain growing per-layer K/V tensors."""
+        from transformers.cache_utils import DynamicLayer
+
+        self.adapters.route([0])
+        ids = torch.tensor([[self.pad_id]], device=self.model.device)
+        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        layers = getattr(out.past_key_values, "layers", None)
+        if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+            raise SpecializeError(
+                f"{type(self.model).__name__} uses a KV cache without plain full-attention layers "
+                "(sliding window or recurrent); the batching server does not support it yet"
+            )
+
+
+def _sample_row(logits: torch.Tensor, temperature: float, top_p: float, generator: Any) -> int:
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        keep = sorted_probs.cumsum(0) - sorted_probs < top_p  # the most likely token always stays
+        sorted_probs = sorted_probs * keep
+        pick = torch.multinomial(sorted_probs, 1, generator=generator)
+        return int(order[pick])
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def _cancelled(handle: RequestHandle) -> Completion:
+    waited = time.perf_counter() - handle.submitted
+    return Completion("", "cancelled", len(handle.prompt_ids), 0, [], waited, None, waited)
+
+
+def _run_command(fn: Callable[[], Any], future: Future) -> None:
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        future.set_result(fn())
+    except BaseException as exc:
+        future.set_exception(exc)
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(configured)
+    return {i for i in ids if i is not None}
+
+
+def _pad_left(cache: Any, n: int) -> None:
+    for layer in cache.layers:
+        layer.keys = F.pad(layer.keys, (0, 0, n, 0))
+        layer.values = F.pad(layer.values, (0, 0, n, 0))
+
+
+def _select(cache: Any, index: torch.Tensor) -> None:
+    for layer in cache.layers:
+        layer.keys = layer.keys.index_select(0, index)
+        layer.values = layer.values.index_select(0, index)
+
+
+def _trim_left(cache: Any, n: int) -> None:
+    for layer in cache.layers:
+        layer.keys = layer.keys[:, :, n:, :]
+        layer.values = layer.values[:, :, n:, :]
