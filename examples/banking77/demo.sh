@@ -12,7 +12,7 @@ echo "== 1. Check the data (all 10,003 training and 3,080 test rows)"
 
 echo
 echo "== 2. Train and evaluate. Sized for a 2-core CPU (see $here/config.yaml):"
-echo "   1,200 training rows (stratified, ~15 per intent), 1 epoch of LoRA r=16;"
+echo "   1,200 training rows (stratified, ~15 per intent), 2 epochs of LoRA r=16;"
 echo "   200 stratified test rows for each of zero-shot, few-shot (k=5) and fine-tuned."
 if [ -e "$out" ]; then
   echo "   (removing the previous demo run in $out)"
@@ -24,3 +24,8 @@ echo
 echo "== 3. Try it:"
 echo "   $bin generate $out \"I still haven't received my card\""
 "$bin" generate "$out" "I still haven't received my card" "Why was I charged a fee for my transfer?"
+
+echo
+echo "== 4. Register the adapter for serving: specialize adapters add banking77 $out"
+"$bin" adapters add banking77 "$out"
+echo "   Serve it with: $bin serve   (then query model=\"banking77\" with any OpenAI client; see README)"
