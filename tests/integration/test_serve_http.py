@@ -21,34 +21,10 @@ import httpx
 import pytest
 
 from specialize.registry import AdapterRegistry
+from tests.conftest import make_adapter_run
 
 PROMPTS = ["My card payment was declined.", "What is the exchange rate?", "hi"]
 GREEDY = {"temperature": 0, "max_tokens": 10, "extra_body": {"ignore_eos": True}}
-
-
-def make_adapter_run(
-    root: Path, model_dir: Path, *, seed: int, rank: int, fingerprint: str | None = None
-) -> Path:
-    """A run-like directory: adapter/ (a random PEFT LoRA on the tiny model) and run.json."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from specialize.models.registry import resolve_model, weights_fingerprint
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    lora = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", init_lora_weights=False)
-    peft_model = get_peft_model(model, lora)
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_" in name:
-                param.normal_(0.0, 0.5)  # large enough that each adapter changes the output
-    peft_model.save_pretrained(root / "adapter")
-    ref = resolve_model(str(model_dir))
-    meta = {"base_model": ref.to_dict(), "base_fingerprint": fingerprint or weights_fingerprint(ref)}
-    (root / "run.json").write_text(json.dumps(meta))
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -16,30 +16,7 @@ from specialize.registry import (
     check_compatible,
     default_registry_dir,
 )
-
-
-def make_adapter_run(root: Path, model_dir: Path, *, seed: int, rank: int = 4, run_json: bool = True) -> Path:
-    """A run-like directory: adapter/ (PEFT LoRA on the tiny model) and run.json naming the base."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from specialize.models.registry import resolve_model, weights_fingerprint
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    lora = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", init_lora_weights=False)
-    peft_model = get_peft_model(model, lora)
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_" in name:
-                param.normal_(0.0, 0.5)
-    peft_model.save_pretrained(root / "adapter")
-    if run_json:
-        ref = resolve_model(str(model_dir))
-        meta = {"base_model": ref.to_dict(), "base_fingerprint": weights_fingerprint(ref)}
-        (root / "run.json").write_text(json.dumps(meta))
-    return root
+from tests.conftest import make_adapter_run
 
 
 @pytest.fixture(scope="module")
