@@ -73,6 +73,9 @@ class TrainConfig(_Section):
     packing: bool = Field(
         True, description="Lay a batch's examples end to end (no padding, no cross-attention); else left-pad."
     )
+    pack_tokens: int = Field(
+        256, ge=16, description="Longest packed row; bounds the attention matrix kept for backward."
+    )
     log_every: int = Field(5, ge=1)
     seed: int = 42
     threads: int | None = Field(None, ge=1, description="torch threads; default: all cores.")

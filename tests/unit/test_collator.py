@@ -87,9 +87,24 @@ def test_packed_batch_loss_equals_the_mean_of_unpacked_losses(tiny_tokenizer):
     model = make_tiny_model(tiny_tokenizer).eval()
     encoded = encoded_batch(tiny_tokenizer)
     batch = PackedCollator()([{"input_ids": e.input_ids, "labels": e.labels} for e in encoded])
-    assert batch["input_ids"].shape == (1, sum(len(e.input_ids) for e in encoded)), "no padding at all"
+    assert batch["input_ids"].shape == (1, sum(len(e.input_ids) for e in encoded)), "one row, no padding"
     labels = batch.pop("labels")
     packed = supervised_loss(model(**batch), labels)
     total = sum(float(stock_loss(model, [e])) * e.completion_len for e in encoded)
     assert abs(float(packed) - total / sum(e.completion_len for e in encoded)) < 1e-5
     torch.testing.assert_close(packed, stock_loss(model, encoded), rtol=1e-5, atol=1e-5)
+
+
+def test_rows_are_bounded_and_the_loss_does_not_change(tiny_tokenizer):
+    """With a small row limit the batch spreads over several rows, padded only at their ends;
+    the loss is still the stock one."""
+    from specialize.train.collator import PackedCollator
+
+    model = make_tiny_model(tiny_tokenizer).eval()
+    encoded = encoded_batch(tiny_tokenizer) * 3
+    batch = PackedCollator(tiny_tokenizer.pad_token_id, row_tokens=40)([{"input_ids": e.input_ids, "labels": e.labels} for e in encoded])
+    longest = max(len(e.input_ids) for e in encoded)
+    assert batch["input_ids"].shape[0] > 1 and batch["input_ids"].shape[1] <= max(40, longest)
+    labels = batch.pop("labels")
+    assert int((labels != IGNORE_INDEX).sum()) == sum(e.completion_len for e in encoded)
+    torch.testing.assert_close(supervised_loss(model(**batch), labels), stock_loss(model, encoded), rtol=1e-5, atol=1e-5)

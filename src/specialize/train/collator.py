@@ -66,34 +66,61 @@ class CompletionCollator:
 
 @dataclass
 class PackedCollator:
-    """Padding-free batches: the examples of a batch laid end to end in one row.
+    """Padding-free batches: the examples of a batch laid end to end in rows of bounded length.
 
     Position ids restart at 0 for each example; with no attention mask, transformers builds a
-    block-diagonal causal mask from those restarts, so no token attends across examples. No
-    compute is spent on padding at all. The LM head runs only at the positions that predict a
-    reply token: `logits_to_keep` takes their indices (plus the last position, so that the
-    one-step shift in `supervised_loss` lines the kept logits up with their targets).
+    block-diagonal causal mask from those restarts, so no token attends across examples. Rows
+    are capped at `row_tokens` (or the longest example) because on CPU the attention kernel that
+    honours such a mask keeps a (row x row) matrix per layer for the backward pass: one long row
+    would trade padding for a quadratic matrix. Rows are filled first-fit, longest example first,
+    and only their ends are padded (the padding forms its own block).
+
+    The LM head runs only at positions that predict a reply token: `logits_to_keep` takes the
+    union of those positions over the rows (plus the last position, so that the one-step shift
+    in `supervised_loss` lines the kept logits up with their targets).
     """
 
+    pad_token_id: int = 0
+    row_tokens: int = 256
+
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        input_ids: list[int] = []
-        positions: list[int] = []
-        targets: list[int] = []
-        kept: list[int] = []
-        for feature in features:
-            offset = len(input_ids)
-            ids, labels = feature["input_ids"], feature["labels"]
-            input_ids.extend(ids)
-            positions.extend(range(len(ids)))
-            for i in range(1, len(ids)):
-                if labels[i] != IGNORE_INDEX:
-                    kept.append(offset + i - 1)
-                    targets.append(labels[i])
-        kept.append(len(input_ids) - 1)
+        capacity = max(self.row_tokens, max(len(f["input_ids"]) for f in features))
+        rows: list[list[dict[str, Any]]] = []
+        room: list[int] = []
+        for feature in sorted(features, key=lambda f: -len(f["input_ids"])):
+            n = len(feature["input_ids"])
+            slot = next((i for i, free in enumerate(room) if free >= n), None)
+            if slot is None:
+                rows.append([])
+                room.append(capacity)
+                slot = len(rows) - 1
+            rows[slot].append(feature)
+            room[slot] -= n
+        width = max(capacity - free for free in room)
+        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        positions = torch.zeros((len(rows), width), dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        for r, row in enumerate(rows):
+            offset = 0
+            for feature in row:
+                n = len(feature["input_ids"])
+                input_ids[r, offset : offset + n] = torch.tensor(feature["input_ids"])
+                labels[r, offset : offset + n] = torch.tensor(feature["labels"])
+                positions[r, offset : offset + n] = torch.arange(n)
+                offset += n
+            positions[r, offset:] = torch.arange(width - offset)  # padding: a block of its own
+        # Position p predicts token p+1; keep the positions whose next token is supervised.
+        predicts = torch.zeros_like(labels, dtype=torch.bool)
+        predicts[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+        predicts[:, :-1] &= positions[:, 1:] != 0  # never across an example boundary
+        kept = predicts.any(0).nonzero().flatten().tolist() + [width - 1]
+        targets = torch.full((len(rows), len(kept)), IGNORE_INDEX, dtype=torch.long)
+        index = torch.tensor(kept[:-1], dtype=torch.long)
+        targets[:, 1:] = torch.where(predicts[:, index], labels[:, index + 1], IGNORE_INDEX)
         return {
-            "input_ids": torch.tensor([input_ids]),
-            "position_ids": torch.tensor([positions]),
-            "labels": torch.tensor([[IGNORE_INDEX, *targets]]),
+            "input_ids": input_ids,
+            "position_ids": positions,
+            "labels": targets,
             "logits_to_keep": torch.tensor(kept),
             # transformers only derives the per-example mask from position ids when there is no
             # KV cache; a cache is created by default whenever `use_cache` is on.

@@ -124,7 +124,11 @@ def train(
         args=args,
         train_dataset=train_set,
         eval_dataset=val_set if has_val else None,
-        data_collator=PackedCollator() if config.train.packing else CompletionCollator(tokenizer.pad_token_id),
+        data_collator=(
+            PackedCollator(tokenizer.pad_token_id, config.train.pack_tokens)
+            if config.train.packing
+            else CompletionCollator(tokenizer.pad_token_id)
+        ),
         compute_loss_func=supervised_loss,
         callbacks=callbacks,
     )
