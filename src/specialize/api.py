@@ -10,9 +10,9 @@ from specialize.data.checks import DataReport, check_files
 from specialize.data.formats import FormatSpec
 
 # Non-padding tokens per second of LoRA training on the bundled model on this 2-core machine
-# (measured by `make demo`: 246 tokens/s over 75 steps); the time estimate of `specialize check` scales
+# (measured by `make demo`: 210 tokens/s over 150 steps); the time estimate of `specialize check` scales
 # by it. Other models and machines: pass tokens_per_second.
-DEFAULT_TRAIN_TOKENS_PER_SECOND = 250.0
+DEFAULT_TRAIN_TOKENS_PER_SECOND = 210.0
 DEFAULT_PRICE_PER_HOUR = 0.10
 
 
