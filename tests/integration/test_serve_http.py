@@ -73,6 +73,16 @@ def running_server(tiny_model_dir: Path, registry_dir: Path, tmp_path: Path, **o
         sock.close()
 
 
+def submit_chats(pool, client, jobs):
+    """Send each (model, prompt) job as a greedy chat request from the pool; futures by job."""
+    return {
+        job: pool.submit(
+            client.chat.completions.create, model=job[0], messages=[{"role": "user", "content": job[1]}], **GREEDY
+        )
+        for job in jobs
+    }
+
+
 def wait_until(predicate, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -206,15 +216,7 @@ def test_a_mixed_adapter_burst_gives_the_same_greedy_outputs_as_alone(client, se
     server.engine.pause()  # hold the burst until all of it is queued, so it runs as one batch
     try:
         with ThreadPoolExecutor(len(jobs)) as pool:
-            futures = {
-                job: pool.submit(
-                    client.chat.completions.create,
-                    model=job[0],
-                    messages=[{"role": "user", "content": job[1]}],
-                    **GREEDY,
-                )
-                for job in jobs
-            }
+            futures = submit_chats(pool, client, jobs)
             wait_until(lambda: server.engine.queue_depth == len(jobs))
             server.engine.resume()
             burst = {job: f.result().choices[0].message.content for job, f in futures.items()}
@@ -408,15 +410,7 @@ def test_lru_of_one_slot_swaps_adapters_without_mixing_them(tiny_model_dir, regi
         client = OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60)
         jobs = [(m, p) for p in PROMPTS for m in ("alpha", "beta")]
         with ThreadPoolExecutor(len(jobs)) as pool:
-            futures = {
-                job: pool.submit(
-                    client.chat.completions.create,
-                    model=job[0],
-                    messages=[{"role": "user", "content": job[1]}],
-                    **GREEDY,
-                )
-                for job in jobs
-            }
+            futures = submit_chats(pool, client, jobs)
             results = {job: f.result().choices[0].message.content for job, f in futures.items()}
         assert results == {job: alone[job] for job in jobs}
         assert server.resident.evictions >= 1 and len(server.resident) == 1

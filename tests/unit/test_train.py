@@ -121,3 +121,16 @@ def test_bad_data_trains_nothing_and_writes_nothing(tiny_model_dir, tmp_path):
         train(tiny_config(tiny_model_dir, bad), out)
     assert f"{bad}:2" in str(info.value) and f"{bad}:3" in str(info.value)
     assert not out.exists()
+
+
+def test_only_rank_zero_refuses_a_taken_run_dir(tmp_path):
+    """Under DDP rank 0 may already be writing the run dir when another rank checks it."""
+    from specialize.run_dir import RunDir
+    from specialize.train.sft import _check_run_dir
+
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    (run.path / "config.yaml").write_text("x")
+    assert _check_run_dir(run, resume=False, main=False) is None
+    with pytest.raises(RunError, match="already exists"):
+        _check_run_dir(run, resume=False, main=True)

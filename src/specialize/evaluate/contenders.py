@@ -9,7 +9,7 @@ with the adapter switched off, so the base is loaded once.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,9 +83,3 @@ def _extra(spec: dict[str, Any], test: list[Example], system: str) -> Contender:
 def _context_limit(loaded: LoadedModel) -> int:
     limit = getattr(loaded.model.config, "max_position_embeddings", None) or 2048
     return min(int(limit), 4096)
-
-
-@contextlib.contextmanager
-def active(contender: Contender) -> Iterator[None]:
-    with contender.context():
-        yield

@@ -23,7 +23,7 @@ from specialize.data.prepare import read_splits
 from specialize.data.task import detect_task
 from specialize.data.tokenize import render_reply
 from specialize.errors import RunError
-from specialize.evaluate.contenders import Contender, active, build_contenders
+from specialize.evaluate.contenders import Contender, build_contenders
 from specialize.evaluate.cost import break_even_requests, cost_per_1k_requests, training_cost
 from specialize.evaluate.headline import headline
 from specialize.evaluate.metrics import MetricResult, compute_metrics, metric_ci, paired_test
@@ -115,7 +115,7 @@ def _measure(contender: Contender, references, kind, labels, max_new, stop, eval
         if progress:
             progress(EvalProgress(contender.name, done, total))
 
-    with active(contender):
+    with contender.context():
         began = time.perf_counter()
         outputs = generate(
             contender.loaded, contender.conversations, max_new_tokens=max_new,

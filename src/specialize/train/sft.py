@@ -54,12 +54,12 @@ def train(
     from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainingArguments, set_seed
 
     run = RunDir(Path(out))
-    checkpoint = _check_run_dir(run, resume)
+    main = is_main_process()
+    checkpoint = _check_run_dir(run, resume, main)
     if resume:
         config = run.config()
     torch.set_num_threads(config.train.threads or os.cpu_count() or 1)
     set_seed(config.seed)
-    main = is_main_process()
 
     loaded = load_model(config.model.base, dtype=config.model.dtype)
     tokenizer = loaded.tokenizer
@@ -176,7 +176,7 @@ def _write_profile(run: RunDir, tokenizer: Any) -> None:
         log.warning("could not write profile.json (%s); run `specialize profile %s`", exc, run.path)
 
 
-def _check_run_dir(run: RunDir, resume: bool) -> Path | None:
+def _check_run_dir(run: RunDir, resume: bool, main: bool = True) -> Path | None:
     if resume:
         if not run.config_file.is_file():
             raise RunError(f"{run.path}: nothing to resume (no config.yaml); start it without --resume")
@@ -184,7 +184,9 @@ def _check_run_dir(run: RunDir, resume: bool) -> Path | None:
         if checkpoint is None:
             raise RunError(f"{run.path}: no checkpoint to resume from in {run.checkpoints}")
         return checkpoint
-    if run.path.exists() and any(run.path.iterdir()):
+    # Only rank 0 writes the run directory, so only it may find the directory taken: another rank
+    # checking after rank 0 began writing would see rank 0's own files.
+    if main and run.path.exists() and any(run.path.iterdir()):
         raise RunError(
             f"{run.path} already exists; pass --resume to continue that run, or choose another --out"
         )
