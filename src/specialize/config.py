@@ -79,6 +79,11 @@ class TrainConfig(_Section):
     log_every: int = Field(5, ge=1)
     seed: int = 42
     threads: int | None = Field(None, ge=1, description="torch threads; default: all cores.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="Matmul precision of training. auto: bf16 mixed precision where the hardware has "
+        "native bf16 (CUDA, or CPUs with AVX512-BF16/AMX), else fp32. Trainable weights stay fp32.",
+    )
 
 
 class PriceConfig(_Section):

@@ -134,3 +134,17 @@ def test_only_rank_zero_refuses_a_taken_run_dir(tmp_path):
     assert _check_run_dir(run, resume=False, main=False) is None
     with pytest.raises(RunError, match="already exists"):
         _check_run_dir(run, resume=False, main=True)
+
+
+def test_bf16_mixed_precision_keeps_fp32_adapter_weights(tiny_model_dir, memorisable, tmp_path):
+    """bf16 runs the frozen base in bf16 under autocast; the trained LoRA weights stay fp32."""
+    import torch
+
+    result = train(tiny_config(tiny_model_dir, memorisable, epochs=8, precision="bf16"), tmp_path / "bf16")
+    assert result.meta["precision"] == "bf16"
+    weights = load_file(tmp_path / "bf16" / "adapter" / "adapter_model.safetensors")
+    assert {w.dtype for w in weights.values()} == {torch.float32}
+    curve = losses(tmp_path / "bf16")
+    assert sum(curve[-3:]) / 3 < 0.6 * sum(curve[:3]) / 3, curve
+    fp32 = train(tiny_config(tiny_model_dir, memorisable, epochs=1, precision="fp32"), tmp_path / "fp32")
+    assert fp32.meta["precision"] == "fp32"

@@ -96,8 +96,8 @@ def load_tokenizer(ref: str | ModelRef) -> Any:
 
 
 def load_model(ref: str | ModelRef, *, dtype: str = "auto", device: str | None = None) -> LoadedModel:
-    """Load base model + tokenizer. `dtype='auto'` is fp32 on CPU (bf16 matmuls are slower than
-    fp32 on CPUs without AMX) and bf16 on CUDA when supported."""
+    """Load base model + tokenizer. `dtype='auto'` is fp32 on CPU and bf16 on CUDA when supported;
+    training chooses its own precision (`train.precision`, see `native_bf16`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     resolved = resolve_model(ref) if isinstance(ref, str) else ref
@@ -117,6 +117,19 @@ def default_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def native_bf16(device: str) -> bool:
+    """Whether bf16 matmuls run natively here (and so beat fp32): CUDA with bf16 support, or a
+    CPU with AVX512-BF16 or AMX instructions. Other CPUs emulate bf16 and are slower than fp32."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:  # private helpers, but the only way torch exposes these CPU features
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:
+        return False
 
 
 def resolve_dtype(dtype: str, device: str) -> Any:

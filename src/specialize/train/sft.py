@@ -61,7 +61,13 @@ def train(
     torch.set_num_threads(config.train.threads or os.cpu_count() or 1)
     set_seed(config.seed)
 
-    loaded = load_model(config.model.base, dtype=config.model.dtype)
+    bf16 = _use_bf16(config)
+    dtype = config.model.dtype
+    if bf16 and config.method.kind == "lora" and dtype == "auto":
+        # The frozen base is only read: bf16 weights halve its memory and spare autocast a cast of
+        # every weight at every step. PEFT keeps the LoRA weights (the trained ones) in fp32.
+        dtype = "bf16"
+    loaded = load_model(config.model.base, dtype=dtype)
     tokenizer = loaded.tokenizer
     if resume:
         splits = read_splits(run)
@@ -102,11 +108,16 @@ def train(
         greater_is_better=False if early_stop else None,
         seed=config.seed,
         data_seed=config.seed,
-        bf16=on_cuda and loaded.model.dtype == torch.bfloat16,
+        # Mixed precision: matmuls under bf16 autocast, fp32 master weights and optimizer state.
+        bf16=bf16,
         use_cpu=not on_cuda,
         # Packed batches have no padding to save; padded ones are grouped by length to cut it.
         train_sampling_strategy="random" if config.train.packing else "group_by_length",
-        include_num_input_tokens_seen="non_padding",
+        # Packed rows carry no attention mask to count padding by; their few row-end pad tokens
+        # are computed like the others, so tokens/s there is the rate of computed tokens.
+        include_num_input_tokens_seen="all" if config.train.packing else "non_padding",
+        # Every LoRA weight takes part in every forward pass: skip DDP's search for unused ones.
+        ddp_find_unused_parameters=False,
         remove_unused_columns=False,
         prediction_loss_only=True,
         disable_tqdm=True,
@@ -134,9 +145,10 @@ def train(
     )
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; progress goes to `progress`
     started = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    train_seconds = time.perf_counter() - started
-    val_loss = trainer.evaluate()["eval_loss"] if has_val else None
+    with _autocast_lora_inputs(model, bf16):
+        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        train_seconds = time.perf_counter() - started
+        val_loss = trainer.evaluate()["eval_loss"] if has_val else None
 
     meta: dict[str, Any] = {}
     if trainer.is_world_process_zero():
@@ -157,6 +169,7 @@ def train(
             "resumed": resume,
             "supervised_tokens": sum(len(i["labels"]) - i["labels"].count(-100) for i in train_set.items),
             "tokens_per_second": metrics_cb.last_tokens_per_second,
+            "precision": "bf16" if bf16 else "fp32",
             "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
@@ -174,6 +187,28 @@ def _write_profile(run: RunDir, tokenizer: Any) -> None:
         write_profile(run, tokenizer)
     except Exception as exc:  # noqa: BLE001 - reported, and recoverable with `specialize profile`
         log.warning("could not write profile.json (%s); run `specialize profile %s`", exc, run.path)
+
+
+def _autocast_lora_inputs(model: Any, bf16: bool) -> Any:
+    """Under bf16 autocast, PEFT's cast of every LoRA layer's input to the fp32 adapter dtype is
+    wasted: autocast casts it back to bf16 for the matmul. Turning it off saved N% of a step."""
+    import contextlib
+
+    if not bf16 or not hasattr(model, "peft_config"):
+        return contextlib.nullcontext()
+    from peft.helpers import disable_input_dtype_casting
+
+    return disable_input_dtype_casting(model)
+
+
+def _use_bf16(config: RunConfig) -> bool:
+    """bf16 mixed precision when asked, or under `auto` where bf16 matmuls are native: on this
+    kind of CPU (AVX512-BF16) they run about 4.7x faster than fp32 ones."""
+    from specialize.models.load import default_device, native_bf16
+
+    if config.train.precision != "auto":
+        return config.train.precision == "bf16"
+    return native_bf16(default_device())
 
 
 def _check_run_dir(run: RunDir, resume: bool, main: bool = True) -> Path | None:
