@@ -86,8 +86,6 @@ def train(
     """Fine-tune the base model (LoRA by default) and write a run directory."""
     quiet_libraries()
     from specialize.api import resolve_run_config
-    from specialize.render import training_progress
-    from specialize.train.sft import train as run_training
 
     if out is None:
         raise typer.BadParameter("--out is required (the run directory, e.g. runs/my-task)")
@@ -98,9 +96,7 @@ def train(
         "data.max_train_examples": max_train_examples,
     }
     run_config = resolve_run_config(config, overrides, name=out.name)
-    with training_progress(console) as report:
-        result = run_training(run_config, out, resume=resume, progress=report)
-    _print_trained(result)
+    _train_and_report(run_config, out, resume=resume)
 
 
 @app.command()
@@ -172,15 +168,13 @@ def run_command(
     quiet_libraries()
     from specialize.api import resolve_run_config
     from specialize.evaluate.runner import evaluate
-    from specialize.render import eval_progress, render_eval_table, training_progress
-    from specialize.train.sft import train as run_training
+    from specialize.render import eval_progress, render_eval_table
 
     run_config = resolve_run_config(config, {})
     out = out or Path("runs") / (run_config.name or config.stem)
     console.rule("[bold]1/3 check and train")
-    with training_progress(console) as report:
-        result = run_training(run_config, out, progress=report)
-    _print_trained(result)
+    if not _train_and_report(run_config, out):
+        return  # under `accelerate launch`, evaluation is rank 0's alone
     console.rule("[bold]2/3 evaluate")
     with eval_progress(console) as report:
         evaluation = evaluate(out, progress=report)
@@ -189,13 +183,25 @@ def run_command(
     console.print(f"report: {out / 'eval' / 'report.html'}")
 
 
-def _print_trained(result: Any) -> None:
+def _train_and_report(run_config: Any, out: Path, *, resume: bool = False) -> bool:
+    """Train with a progress bar and a summary line; under `accelerate launch` only rank 0 shows
+    them (the other ranks train silently). Returns whether this process is rank 0."""
+    from specialize.render import training_progress
+    from specialize.train.sft import is_main_process
+    from specialize.train.sft import train as run_training
+
+    if not is_main_process():
+        run_training(run_config, out, resume=resume)
+        return False
+    with training_progress(console) as report:
+        result = run_training(run_config, out, resume=resume, progress=report)
     meta = result.meta
     console.print(
         f"[green]trained[/] {result.run.path}  steps={meta.get('steps')}  "
         f"train_loss={_fmt(meta.get('train_loss'))}  val_loss={_fmt(meta.get('val_loss'))}  "
         f"{meta.get('train_seconds')} s  tokens/s={_fmt(meta.get('tokens_per_second'), 1)}"
     )
+    return True
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
