@@ -8,9 +8,10 @@ collation and padding). (b) is `specialize.train`. Each side runs in its own pro
 peak RSS is its own.
 
 Prints examples/s, supervised tokens/s, peak RSS and final training loss of each, the ratio,
-and (b)'s achieved FLOP/s as a share of an fp32 matmul peak measured in this script (MFU).
+and (b)'s achieved FLOP/s as a share of the matmul peak (fp32 and bf16) measured in this script
+(MFU). Both sides use bf16 autocast where the CPU has native bf16: SFTConfig turns it on by default.
 
-    .venv/bin/python benchmarks/train_throughput.py [--examples 160] [--batch-size 16]
+    .venv/bin/python benchmarks/train_throughput.py [--examples 160] [--batch-size 16] [--ablation]
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import multiprocessing as mp
 import os
 import resource
+from queue import Empty
 import tempfile
 import time
 from pathlib import Path
@@ -74,7 +76,9 @@ def stock(args, queue) -> None:
         output = trainer.train()
         seconds = time.perf_counter() - began
     queue.put({"seconds": seconds, "supervised_tokens": supervised, "loss": _last_loss(trainer.state.log_history),
-               "peak_rss_mb": peak_rss_mb(), "steps": output.global_step})
+               "peak_rss_mb": peak_rss_mb(), "steps": output.global_step,
+               "setup": f"bf16 autocast {config.bf16}, gradient checkpointing {config.gradient_checkpointing}, "
+                        f"weights {model.dtype}"})
 
 
 def ours(args, queue) -> None:
@@ -94,7 +98,8 @@ def ours(args, queue) -> None:
             # The stock recipe's defaults: linear decay, no warmup, so both sides follow one schedule.
             "train": {"epochs": 1, "batch_size": args.batch_size, "learning_rate": 1e-3, "log_every": 1,
                       "lr_scheduler": "linear", "warmup_ratio": 0.0,
-                      "eval_every": 10_000, "threads": args.threads, "early_stopping_patience": None},
+                      "eval_every": 10_000, "threads": args.threads, "early_stopping_patience": None,
+                      **args.overrides},
         })
         began = time.perf_counter()
         result = train(config, Path(tmp) / "run")
@@ -103,7 +108,8 @@ def ours(args, queue) -> None:
         lines = [json.loads(x) for x in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
     queue.put({"seconds": meta["train_seconds"], "wall_with_setup": seconds, "supervised_tokens": meta["supervised_tokens"],
                "loss": _last_loss(lines), "peak_rss_mb": peak_rss_mb(), "steps": meta["steps"],
-               "tokens": max(x.get("num_input_tokens_seen", 0) for x in lines)})
+               "tokens": max(x.get("num_input_tokens_seen", 0) for x in lines),
+               "setup": f"precision {meta['precision']}, packing {config.train.packing}"})
 
 
 def _last_loss(history: list[dict]) -> float | None:
@@ -111,11 +117,11 @@ def _last_loss(history: list[dict]) -> float | None:
     return float(sum(losses[-3:]) / len(losses[-3:])) if losses else None
 
 
-def matmul_peak_gflops(threads: int, seconds: float = 3.0) -> float:
+def matmul_peak_gflops(threads: int, dtype: str = "float32", seconds: float = 3.0) -> float:
     import torch
 
     torch.set_num_threads(threads)
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    a, b = (torch.randn(1024, 1024, dtype=getattr(torch, dtype)) for _ in range(2))
     for _ in range(3):
         a @ b
     n, began = 0, time.perf_counter()
@@ -125,12 +131,26 @@ def matmul_peak_gflops(threads: int, seconds: float = 3.0) -> float:
     return 2 * 1024**3 * n / (time.perf_counter() - began) / 1e9
 
 
+# (b) with one more optimisation turned off at each line; logits_to_keep (the LM head at reply
+# positions only) has no switch, since nothing is gained by computing the rest.
+ABLATIONS = [
+    ("fp32 instead of bf16 mixed precision", {"precision": "fp32"}),
+    ("fp32, left-padded batches instead of packed rows", {"precision": "fp32", "packing": False}),
+]
+
+
 def run_side(target, args) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     process = ctx.Process(target=target, args=(args, queue))
     process.start()
-    result = queue.get()
+    while True:
+        try:
+            result = queue.get(timeout=5)
+            break
+        except Empty:
+            if not process.is_alive():
+                raise RuntimeError(f"{target.__name__} side died with exit code {process.exitcode}") from None
     process.join()
     return result
 
@@ -140,15 +160,24 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=160)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--ablation", action="store_true",
+                        help="also run (b) with its optimisations turned off one by one")
     args = parser.parse_args()
+    args.overrides = {}
 
-    peak = matmul_peak_gflops(args.threads)
+    peaks = {dtype: matmul_peak_gflops(args.threads, dtype) for dtype in ("float32", "bfloat16")}
     a = run_side(stock, args)
     b = run_side(ours, args)
+    if args.ablation:
+        for label, overrides in ABLATIONS:
+            r = run_side(ours, argparse.Namespace(**{**vars(args), "overrides": overrides}))
+            print(f"(b) {label}: {args.examples / r['seconds']:.2f} examples/s, peak RSS {r['peak_rss_mb']:.0f} MB, "
+                  f"final loss {r['loss']:.4f}")
     n = args.examples
     for name, r in (("(a) stock TRL SFTTrainer + LoraConfig", a), ("(b) specialize train", b)):
         print(f"{name}: {n / r['seconds']:.2f} examples/s, {r['supervised_tokens'] / r['seconds']:.1f} supervised tokens/s, "
-              f"peak RSS {r['peak_rss_mb']:.0f} MB, final loss {r['loss']:.4f}, {r['steps']} steps in {r['seconds']:.1f} s")
+              f"peak RSS {r['peak_rss_mb']:.0f} MB, final loss {r['loss']:.4f}, {r['steps']} steps in {r['seconds']:.1f} s "
+              f"({r['setup']})")
     # FLOPs of (b): forward 2*N per token and backward ~2*N per token for the input gradients
     # through the frozen body (LoRA's own gradients are negligible), plus the LM head only at the
     # kept (reply) positions, forward and backward: 6*V*d per supervised token.
@@ -159,7 +188,10 @@ def main() -> None:
     body = sum(p.numel() for p in model.parameters()) - embed.numel()
     flops = 4 * body * b["tokens"] + 6 * embed.numel() * b["supervised_tokens"]
     achieved = flops / b["seconds"] / 1e9
-    print(f"fp32 matmul peak here: {peak:.1f} GFLOP/s; (b) achieved {achieved:.1f} GFLOP/s = MFU {achieved / peak:.1%}")
+    peak = peaks["bfloat16" if "bf16" in b["setup"] else "float32"]
+    print(f"matmul peak here: fp32 {peaks['float32']:.1f}, bf16 {peaks['bfloat16']:.1f} GFLOP/s; (b) achieved "
+          f"{achieved:.1f} GFLOP/s = MFU {achieved / peak:.1%} of the {b['setup'].split(',')[0]} peak "
+          f"({achieved / peaks['float32']:.1%} of fp32)")
     ratio = (n / b["seconds"]) / (n / a["seconds"])
     print(f"RESULT examples/s ratio (b)/(a) = {ratio:.2f}x; peak RSS (b)/(a) = {b['peak_rss_mb'] / a['peak_rss_mb']:.2f}; "
           f"final loss (a) {a['loss']:.4f} vs (b) {b['loss']:.4f}")
