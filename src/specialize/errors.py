@@ -36,3 +36,10 @@ class RunError(SpecializeError):
     """A run directory is missing, incomplete or inconsistent."""
 
     exit_code = 2
+
+
+class ConstraintError(SpecializeError):
+    """An output constraint (a label set, a JSON schema, a `response_format`) is invalid or cannot be
+    enforced; the message names the field or gives the grammar compiler's reason."""
+
+    exit_code = 2

@@ -12,7 +12,7 @@ import string
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from specialize.config import RunConfig
 from specialize.data.tokenize import render_prompt
@@ -20,12 +20,18 @@ from specialize.errors import ConfigError
 from specialize.models.load import LoadedModel, load_model
 from specialize.run_dir import RunDir, open_run
 
+if TYPE_CHECKING:
+    from specialize.constrain import OutputContract
+
 
 @dataclass
 class Generation:
     text: str
     prompt_tokens: int
     completion_tokens: int
+    # Under an output constraint: whether the text is a complete reply (a whole label, a whole JSON
+    # value); False when max_new_tokens ran out first. None when decoding was unconstrained.
+    complete: bool | None = None
 
 
 @dataclass
@@ -92,6 +98,7 @@ def generate(
     stop: Sequence[str] = (),
     on_batch: Callable[[GenerationBatchStats], None] | None = None,
     share_prefix: bool = True,
+    constraint: OutputContract | None = None,
 ) -> list[Generation]:
     """Greedy replies to many conversations, batched.
 
@@ -103,6 +110,13 @@ def generate(
     once and its KV cache reused by every batch, as vLLM's prefix caching does; each row is laid
     out as [shared prefix][padding][own suffix] with the padding masked out, so positions and
     outputs are those of the unpadded prompt.
+
+    With a `constraint` (other than kind "none"), every token is chosen under the contract's mask
+    (`specialize.constrain`), so a reply that ends is exactly one label or one JSON value valid under
+    the schema, and it ends right there (end-of-turn is then the only token allowed). Its text is
+    returned as decoded, neither stripped nor cut at `stop` strings (which are not used). If
+    max_new_tokens runs out first the text is the truncated prefix and `Generation.complete` is
+    False; budgets should leave room for the longest reply.
     """
     import torch
 
@@ -117,6 +131,11 @@ def generate(
     results: list[Generation | None] = [None] * len(prompts)
     eos_ids = _eos_ids(loaded)
     pad = tokenizer.pad_token_id
+    compiled = None
+    if constraint is not None and constraint.kind != "none":
+        from specialize.constrain import compile_constraint
+
+        compiled = compile_constraint(constraint, tokenizer, eos_ids)
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
         suffixes = [encoded[i][len(prefix) :] for i in batch]
@@ -133,6 +152,17 @@ def generate(
             cache = copy.deepcopy(prefix_cache)
             cache.batch_repeat_interleave(len(batch))
             extra["past_key_values"] = cache
+        processor = None
+        if compiled is None:
+            criteria = _stop_criteria(tokenizer, stop, ids.shape[1])
+        else:  # the constraint decides where a reply ends; stop strings could only cut it short
+            from transformers import LogitsProcessorList
+
+            from specialize.constrain.logits import ConstraintLogitsProcessor
+
+            criteria = None
+            processor = ConstraintLogitsProcessor.for_batch(compiled, len(batch))
+            extra["logits_processor"] = LogitsProcessorList([processor])
         began = time.perf_counter()
         with torch.inference_mode():
             out = model.generate(
@@ -142,14 +172,21 @@ def generate(
                 do_sample=False,
                 eos_token_id=eos_ids,
                 pad_token_id=pad,
-                stopping_criteria=_stop_criteria(tokenizer, stop, ids.shape[1]),
+                stopping_criteria=criteria,
                 **extra,
             )
+        states = processor.sync(out) if processor is not None else None
         for row, i in enumerate(batch):
             new = out[row, ids.shape[1] :].tolist()
             n_new = _until_eos(new, eos_ids)
-            text = tokenizer.decode(new[:n_new], skip_special_tokens=True)
-            results[i] = Generation(_cut_at_stop(text, stop), len(encoded[i]), n_new)
+            if states is None:
+                text = tokenizer.decode(new[:n_new], skip_special_tokens=True)
+                results[i] = Generation(_cut_at_stop(text, stop), len(encoded[i]), n_new)
+            else:
+                text = tokenizer.decode(
+                    new[:n_new], skip_special_tokens=True, clean_up_tokenization_spaces=False
+                )
+                results[i] = Generation(text, len(encoded[i]), n_new, complete=states[row].accepting)
         if on_batch is not None:
             on_batch(GenerationBatchStats(time.perf_counter() - began, len(batch)))
     return [r for r in results if r is not None]
