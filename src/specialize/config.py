@@ -38,6 +38,11 @@ class DataConfig(_Section):
     max_train_examples: int | None = Field(None, gt=0, description="Use at most this many training rows.")
     max_val_examples: int | None = Field(200, gt=0, description="Use at most this many validation rows.")
     max_test_examples: int | None = Field(None, gt=0, description="Use at most this many test rows.")
+    output_schema: dict[str, Any] | str | None = Field(
+        None,
+        description="JSON schema every reply follows (inline, or a .json file). Default: inferred from the "
+        "training replies: their label set, a schema of their JSON, or nothing for free text.",
+    )
 
 
 class ModelConfig(_Section):
@@ -103,6 +108,9 @@ class EvalConfig(_Section):
     batch_size: int = Field(16, ge=1)
     max_new_tokens: int | None = Field(None, ge=1, description="Default: p99 of training completions + margin.")
     latency_samples: int = Field(8, ge=0, description="Requests timed one by one at batch size 1.")
+    constrained: bool = Field(
+        True, description="Also measure every contender decoding under the run's output contract."
+    )
     bootstrap_resamples: int = Field(1000, ge=100)
     extra_contenders: list[dict[str, Any]] = Field(default_factory=list)
     price: PriceConfig = Field(default_factory=PriceConfig)
@@ -169,7 +177,7 @@ def _resolve_relative_paths(data: dict[str, Any], base: Path) -> None:
     section = data.get("data")
     if not isinstance(section, dict):
         return
-    for key in ("train", "test"):
+    for key in ("train", "test", "output_schema"):
         value = section.get(key)
         if isinstance(value, str) and value and not Path(value).is_absolute():
             candidate = base / value

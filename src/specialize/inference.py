@@ -129,7 +129,7 @@ def generate(
     prefix_cache = _prefill(model, prefix) if prefix else None
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     results: list[Generation | None] = [None] * len(prompts)
-    eos_ids = _eos_ids(loaded)
+    eos_ids = end_of_turn_ids(loaded)
     pad = tokenizer.pad_token_id
     compiled = None
     if constraint is not None and constraint.kind != "none":
@@ -238,7 +238,7 @@ def _stop_criteria(tokenizer: Any, stop: Sequence[str], prompt_width: int) -> An
     return StoppingCriteriaList([_StopStrings()])
 
 
-def _eos_ids(loaded: LoadedModel) -> list[int]:
+def end_of_turn_ids(loaded: LoadedModel) -> list[int]:
     ids = {loaded.tokenizer.eos_token_id}
     configured = getattr(loaded.model.generation_config, "eos_token_id", None)
     if isinstance(configured, int):

@@ -80,7 +80,13 @@ def training_progress(console: Console) -> Iterator[Callable[[TrainProgress], No
 
 
 def render_eval_table(console: Console, report: dict) -> None:
-    from specialize.evaluate.report import _f, summary_rows
+    from specialize.evaluate.report import (
+        CONSTRAINT_COLUMNS,
+        _f,
+        constraint_cells,
+        constraint_rows,
+        summary_rows,
+    )
 
     table = Table(title=f"{report['task']} task, {report['test_rows']} held-out test rows", title_justify="left")
     for col in ("contender", "metric", "value [95% CI]", "invalid", "in tok", "out tok", "p50 ms", "req/s",
@@ -95,6 +101,15 @@ def render_eval_table(console: Console, report: dict) -> None:
             "-" if r["break_even"] is None else f"{int(r['break_even']):,}", style=style,
         )
     console.print(table)
+    constrained = constraint_rows(report)
+    if constrained:
+        kind = (report.get("output_contract") or {}).get("kind")
+        con = Table(title=f"Decoding under the output contract ({kind})", title_justify="left")
+        for col in CONSTRAINT_COLUMNS:
+            con.add_column(col, justify="left" if col == "contender" else "right")
+        for r in constrained:
+            con.add_row(*constraint_cells(r), style="bold green" if r["contender"] == "fine-tuned" else None)
+        console.print(con)
     samples = report.get("samples") or []
     if samples:
         names = list(samples[0]["predictions"])

@@ -68,6 +68,16 @@ def test_classification_report_is_complete(tiny_model_dir, tmp_path):
         assert ci["ci_low"] <= ci["value"] <= ci["ci_high"]
         assert c["tokens"]["prompt_mean"] > 0 and c["latency"]["samples"] == 2 and c["cost_per_1k"] > 0
         assert len(c["predictions"]) == report["test_rows"]
+    # Every contender again under the label set recorded by training: only whole labels.
+    assert report["output_contract"] == {"kind": "labels", "labels": ["card", "fees", "loan"]}
+    for c in report["contenders"]:
+        con = c["constrained"]
+        assert set(con["predictions"]) <= {"card", "fees", "loan"} and con["invalid_constrained"] == 0
+        assert con["incomplete"] == 0 and con["primary_change"]["metric"] == "accuracy"
+        assert con["prevented_share"] == (1.0 if con["invalid_free"] else None)
+        assert con["latency_overhead"] > 0 and con["quality"]["ci95"]["accuracy"]["ci_low"] <= con["quality"]["primary_value"]
+    assert "valid replies" in report["headline"] and "Under the output contract (labels)" in (
+        tmp_path / "run" / "eval" / "report.md").read_text()
     zero, few, tuned = report["contenders"]
     assert tuned["tokens"]["prompt_mean"] < zero["tokens"]["prompt_mean"] < few["tokens"]["prompt_mean"]
     assert report["comparison"]["name"] == "mcnemar" and report["comparison"]["best_baseline"] in names
@@ -79,7 +89,8 @@ def test_classification_report_is_complete(tiny_model_dir, tmp_path):
     parser.feed((tmp_path / "run" / "eval" / "report.html").read_text())
     assert {f"plot-{name}" for name in PLOTS} <= parser.ids
     assert len(parser.images) == len(PLOTS) and all(src.startswith("data:image/png;base64,") for src in parser.images)
-    assert parser.rows == 1 + len(names)
+    assert parser.rows == 2 * (1 + len(names)), "the summary and the constrained table"
+    assert "constrained" in parser.ids
     md = (tmp_path / "run" / "eval" / "report.md").read_text()
     assert report["headline"] in md
 
@@ -95,6 +106,13 @@ def test_json_extraction_dataset_gets_json_metrics(tiny_model_dir, tmp_path):
     assert report["contenders"][-1]["quality"]["primary"] == "field_f1"
     assert {"parse_rate", "exact_match", "field_f1"} <= set(values)
     assert report["labels"] is None
+    schema = report["output_contract"]["schema"]
+    assert report["output_contract"]["kind"] == "json_schema" and set(schema["required"]) == {"name", "age", "city"}
+    for c in report["contenders"]:
+        con = c["constrained"]
+        # A random model runs out of tokens inside strings: exactly the unfinished replies are invalid
+        # (tests/unit/test_constrain.py checks that finished ones validate).
+        assert round(con["invalid_constrained"] * len(con["predictions"])) == con["incomplete"]
 
 
 def test_free_text_dataset_gets_text_metrics(tiny_model_dir, tmp_path):
@@ -106,6 +124,8 @@ def test_free_text_dataset_gets_text_metrics(tiny_model_dir, tmp_path):
     quality = report["contenders"][-1]["quality"]
     assert quality["primary"] == "rougeL" and {"rougeL", "chrf", "bleu", "exact_match"} <= set(quality["values"])
     assert report["comparison"]["name"] != "mcnemar"
+    assert report["output_contract"] == {"kind": "none"}
+    assert all("constrained" not in c for c in report["contenders"]), "free text has no contract to enforce"
 
 
 def test_eval_of_a_directory_that_is_not_a_run(tmp_path):

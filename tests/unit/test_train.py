@@ -53,6 +53,7 @@ def test_lora_loss_falls_and_run_dir_is_complete(tiny_model_dir, memorisable, tm
         assert (out / name).is_file(), name
     meta = json.loads((out / "run.json").read_text())
     assert meta["task"] == "classification" and meta["labels"] == sorted(LABELS)
+    assert meta["output_contract"] == {"kind": "labels", "labels": sorted(LABELS)}
     assert meta["method"] == "lora" and meta["steps"] == result.meta["steps"] > 0
     assert not list(out.glob(".adapter-*")), "temp dirs must not be left behind"
     weights = load_file(out / "adapter" / "adapter_model.safetensors")
@@ -148,3 +149,29 @@ def test_bf16_mixed_precision_keeps_fp32_adapter_weights(tiny_model_dir, memoris
     assert sum(curve[-3:]) / 3 < 0.6 * sum(curve[:3]) / 3, curve
     fp32 = train(tiny_config(tiny_model_dir, memorisable, epochs=1, precision="fp32"), tmp_path / "fp32")
     assert fp32.meta["precision"] == "fp32"
+
+
+def test_a_given_output_schema_is_recorded_and_a_bad_one_trains_nothing(tiny_model_dir, tmp_path):
+    from specialize.errors import ConfigError, ConstraintError
+
+    rows = [{"text": f"{n} is {a}", "json": json.dumps({"name": n, "age": a})} for n, a in [("Ada", 36), ("Alan", 41)] * 6]
+    data = tmp_path / "people.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer", "minimum": 0}},
+              "required": ["name", "age"]}
+    schema_file = tmp_path / "schema.json"
+    schema_file.write_text(json.dumps(schema))
+
+    def config(output_schema):
+        cfg = tiny_config(tiny_model_dir, data, max_steps=1)
+        cfg.data.input_field, cfg.data.output_field, cfg.data.output_schema = "text", "json", output_schema
+        return cfg
+
+    train(config(str(schema_file)), tmp_path / "given")
+    meta = json.loads((tmp_path / "given" / "run.json").read_text())
+    assert meta["output_contract"] == {"kind": "json_schema", "schema": schema}
+    with pytest.raises(ConstraintError, match="nope"):
+        train(config({"type": "nope"}), tmp_path / "bad")
+    with pytest.raises(ConfigError, match="file not found"):
+        train(config(str(tmp_path / "missing.json")), tmp_path / "missing")
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "missing").exists()

@@ -62,6 +62,13 @@ class Constraint:
         with self._lock:
             return ConstraintState(self, self._template.deep_copy())
 
+    def accepts(self, token_ids: Sequence[int]) -> bool:
+        """Whether these tokens spell a complete reply under the contract: how a reply decoded
+        without the constraint is scored. The grammar works on bytes, so any tokenization of a
+        valid text is accepted."""
+        state = self.start()
+        return all(state.advance(token) for token in token_ids) and state.accepting
+
     def __repr__(self) -> str:
         return (
             f"Constraint({self.contract.kind}, vocab_size={self.vocab_size}, eos={list(self.eos_token_ids)})"

@@ -25,6 +25,14 @@ def headline(report: dict[str, Any]) -> str:
         be = best.get("break_even_requests")
         if be is not None:
             parts.append(f"training repaid after {int(be):,} requests")
+    con = tuned.get("constrained")
+    if con:
+        change = con["primary_change"]
+        parts.append(
+            f"constrained to its {con['contract'].replace('_', ' ')}, fine-tuned gives "
+            f"{1 - con['invalid_constrained']:.0%} valid replies (free: {1 - con['invalid_free']:.0%}) and "
+            f"{_num(con['quality']['primary_value'])} {metric} ({change['mean_diff']:+.3f}, p={change['p_value']:.2g})"
+        )
     return "; ".join(p for p in parts if p)
 
 

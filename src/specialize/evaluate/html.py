@@ -15,7 +15,13 @@ PLOTS = ("quality", "tokens", "latency", "cost", "loss", "confusions")
 
 
 def render_html(report: dict[str, Any]) -> str:
-    from specialize.evaluate.report import _f, summary_rows
+    from specialize.evaluate.report import (
+        CONSTRAINT_COLUMNS,
+        _f,
+        constraint_cells,
+        constraint_rows,
+        summary_rows,
+    )
 
     rows = summary_rows(report)
     header = ["contender", "metric", "value", "95% CI", "invalid", "in tok", "out tok", "p50 ms",
@@ -41,6 +47,19 @@ def render_html(report: dict[str, Any]) -> str:
         f"[{_f(comp.get('ci_low'))}, {_f(comp.get('ci_high'))}], p = {_f(comp.get('p_value'), 4)}</p>"
         if comp else ""
     )
+    constrained = constraint_rows(report)
+    contract = html.escape(str((report.get("output_contract") or {}).get("kind")))
+    constraint_table = (
+        f"<h2>Decoding under the output contract ({contract})</h2>"
+        f'<table id="constrained"><thead><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in CONSTRAINT_COLUMNS)}'
+        "</tr></thead><tbody>"
+        + "".join(
+            "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in constraint_cells(r)) + "</tr>"
+            for r in constrained
+        )
+        + "</tbody></table>"
+        if constrained else ""
+    )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>specialize evaluation</title>
 <style>
@@ -55,6 +74,7 @@ img {{ max-width: 560px; }} .headline {{ font-size: 1.2rem; font-weight: 600; }}
 price model: {html.escape(report['price']['mode'])}.</p>
 <table id="summary"><thead><tr>{''.join(f'<th>{h}</th>' for h in header)}</tr></thead><tbody>{body}</tbody></table>
 {paired}
+{constraint_table}
 <section id="plots">{figures}</section>
 </body></html>
 """

@@ -53,6 +53,55 @@ def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def constraint_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per contender measured under the output contract: free vs constrained."""
+    rows = []
+    for c in report["contenders"]:
+        con = c.get("constrained")
+        if not con:
+            continue
+        change = con["primary_change"]
+        rows.append({
+            "contender": c["name"],
+            "metric": change["metric"],
+            "free": c["quality"]["primary_value"],
+            "constrained": con["quality"]["primary_value"],
+            "change": change["mean_diff"],
+            "change_low": change["ci_low"],
+            "change_high": change["ci_high"],
+            "p_value": change["p_value"],
+            "invalid_free": con["invalid_free"],
+            "invalid_constrained": con["invalid_constrained"],
+            "prevented": con["prevented_share"],
+            "incomplete": con["incomplete"],
+            "latency_overhead": con["latency_overhead"],
+            "throughput_ratio": con["throughput_ratio"],
+        })
+    return rows
+
+
+CONSTRAINT_COLUMNS = ("contender", "metric free -> constrained", "change [95% CI]", "p", "invalid free -> constrained",
+                      "prevented", "p50 latency x", "req/s x")
+
+
+def constraint_cells(r: dict[str, Any]) -> list[str]:
+    """The cells of `CONSTRAINT_COLUMNS` for one row of `constraint_rows`."""
+    return [
+        r["contender"],
+        f"{r['metric']} {_f(r['free'])} -> {_f(r['constrained'])}",
+        f"{_signed(r['change'])} [{_signed(r['change_low'])}, {_signed(r['change_high'])}]",
+        _f(r["p_value"], 4),
+        f"{_f(r['invalid_free'])} -> {_f(r['invalid_constrained'])}",
+        "-" if r["prevented"] is None else f"{r['prevented']:.0%}",
+        _f(r["latency_overhead"], 2),
+        _f(r["throughput_ratio"], 2),
+    ]
+
+
+def _signed(value: float | None) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:+.3f}"
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# Evaluation: {Path(report['run']).name}",
@@ -81,6 +130,22 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"difference {_f(comp.get('mean_diff'))} [{_f(comp.get('ci_low'))}, {_f(comp.get('ci_high'))}], "
             f"p = {_f(comp.get('p_value'), 4)}.",
         ]
+    constrained = constraint_rows(report)
+    if constrained:
+        contract = report.get("output_contract") or {}
+        lines += [
+            "",
+            f"## Under the output contract ({contract.get('kind')})",
+            "",
+            "Every contender again, decoding so that each reply can only be "
+            + ("one of the labels." if contract.get("kind") == "labels" else "JSON valid under the schema.")
+            + " Invalid: replies that break the contract; prevented: the share of the free run's invalid "
+            "replies that the constraint removed; latency and throughput as multiples of the free run's.",
+            "",
+            "| " + " | ".join(CONSTRAINT_COLUMNS) + " |",
+            "|" + "---|" * len(CONSTRAINT_COLUMNS),
+        ]
+        lines += ["| " + " | ".join(constraint_cells(r)) + " |" for r in constrained]
     training = report.get("training") or {}
     lines += [
         "",

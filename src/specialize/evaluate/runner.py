@@ -19,10 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from specialize.constrain import NONE
+from specialize.constrain.for_run import recorded_contract
 from specialize.data.prepare import read_splits
 from specialize.data.task import detect_task
 from specialize.data.tokenize import render_reply
 from specialize.errors import RunError
+from specialize.evaluate.constraint_effect import constraint_effect
 from specialize.evaluate.contenders import Contender, build_contenders
 from specialize.evaluate.cost import break_even_requests, cost_per_1k_requests, training_cost
 from specialize.evaluate.headline import headline
@@ -65,10 +68,18 @@ def evaluate(
     max_new = cfg.eval.max_new_tokens or _max_new_tokens(trained.loaded.tokenizer, splits.train)
     stop = ["\n"] if kind == "classification" else []
 
+    contract = recorded_contract(trained.meta, completions) if cfg.eval.constrained else NONE
+
     contenders = build_contenders(trained, splits.train, test, kind=kind, labels=labels, max_new_tokens=max_new)
     results = []
     for contender in contenders:
-        results.append(_measure(contender, references, kind, labels, max_new, stop, cfg.eval, progress))
+        free = _measure(contender, references, kind, labels, max_new, stop, cfg.eval, progress)
+        if contract.kind != "none":
+            constrained = _measure(
+                contender, references, kind, labels, max_new, stop, cfg.eval, progress, contract=contract
+            )
+            free["constrained"] = constraint_effect(free, constrained, contract, contender.loaded)
+        results.append(free)
 
     tuned = next(r for r in results if r["role"] == "fine-tuned")
     baselines = [r for r in results if r["role"] in ("zero-shot", "few-shot")]
@@ -85,6 +96,7 @@ def evaluate(
         "labels": labels,
         "test_rows": len(test),
         "max_new_tokens": max_new,
+        "output_contract": contract.to_dict(),
         "price": cfg.eval.price.model_dump(),
         "training": {
             "seconds": trained.meta.get("train_seconds"),
@@ -105,29 +117,34 @@ def evaluate(
     return report
 
 
-def _measure(contender: Contender, references, kind, labels, max_new, stop, eval_cfg, progress) -> dict[str, Any]:
+def _measure(
+    contender: Contender, references, kind, labels, max_new, stop, eval_cfg, progress, contract=None
+) -> dict[str, Any]:
     total = len(contender.conversations)
     done = 0
+    label = f"{contender.name}, constrained" if contract is not None else contender.name
 
     def on_batch(stats) -> None:
         nonlocal done
         done += stats.items
         if progress:
-            progress(EvalProgress(contender.name, done, total))
+            progress(EvalProgress(label, done, total))
 
     with contender.context():
         began = time.perf_counter()
         outputs = generate(
             contender.loaded, contender.conversations, max_new_tokens=max_new,
-            batch_size=eval_cfg.batch_size, stop=stop, on_batch=on_batch,
+            batch_size=eval_cfg.batch_size, stop=stop, on_batch=on_batch, constraint=contract,
         )
         batched_seconds = time.perf_counter() - began
         latencies = []
         for conversation in contender.conversations[: eval_cfg.latency_samples]:
             t0 = time.perf_counter()
-            generate(contender.loaded, [conversation], max_new_tokens=max_new, batch_size=1, stop=stop)
+            generate(contender.loaded, [conversation], max_new_tokens=max_new, batch_size=1, stop=stop,
+                     constraint=contract)
             latencies.append(time.perf_counter() - t0)
-    predictions = [o.text for o in outputs]
+    # Constrained replies are returned unstripped (exactly the label); metrics compare stripped text.
+    predictions = [o.text.strip() for o in outputs]
     metrics = compute_metrics(kind, predictions, references, labels)
     prompt_tokens = float(np.mean([o.prompt_tokens for o in outputs]))
     completion_tokens = float(np.mean([o.completion_tokens for o in outputs]))
@@ -149,6 +166,7 @@ def _measure(contender: Contender, references, kind, labels, max_new, stop, eval
             seconds_per_request=seconds_per_request,
         ),
         "predictions": predictions,
+        "incomplete": sum(1 for o in outputs if o.complete is False),
         "_metrics": metrics,  # dropped before writing; kept for the paired test
     }
 

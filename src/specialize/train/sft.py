@@ -19,6 +19,7 @@ from typing import Any
 
 from specialize.atomic import make_temp_dir, replace_dir
 from specialize.config import RunConfig, save_config
+from specialize.constrain.for_run import training_contract
 from specialize.data.prepare import prepare_splits, read_splits, write_splits
 from specialize.data.task import detect_task
 from specialize.data.tokenize import encode
@@ -73,6 +74,8 @@ def train(
         splits = read_splits(run)
     else:
         splits, report = prepare_splits(config, tokenizer)
+        # Checked before anything is written: a bad output schema must not cost a training run.
+        training_contract(config.data.output_schema, [e.completion or "" for e in splits.train])
         if main:
             run.path.mkdir(parents=True, exist_ok=True)
             save_config(config, run.config_file)
@@ -161,6 +164,7 @@ def train(
             "method": config.method.kind,
             "task": task,
             "labels": sorted(set(completions)) if task == "classification" else None,
+            "output_contract": training_contract(config.data.output_schema, completions).to_dict(),
             "examples": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
             "steps": output.global_step,
             "train_loss": output.training_loss,
