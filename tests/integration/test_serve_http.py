@@ -527,3 +527,250 @@ def test_adapter_drift_endpoint(tiny_model_dir, registry_dir, tmp_path):
             assert httpx.get(f"{url}/v1/adapters/nope/drift", timeout=60).status_code == 404
     finally:
         (run_root / "profile.json").unlink()
+
+
+# Guaranteed output formats ----------------------------------------------------------------------
+
+LABELS = ["card_arrival", "exchange_rate", "declined_card_payment"]
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "ok": {"type": "boolean"},
+        "n": {"type": "integer", "minimum": 0, "maximum": 50},
+        "name": {"type": "string", "maxLength": 4},
+    },
+    "required": ["ok", "n", "name"],
+    "additionalProperties": False,
+}
+JSON_SCHEMA_FORMAT = {
+    "type": "json_schema",
+    "json_schema": {"name": "reply", "schema": SCHEMA, "strict": True},
+}
+
+
+def run_with_contract(run: Path, copy: Path, contract: dict) -> Path:
+    """A copy of a run dir whose run.json records `contract` (as training does)."""
+    import shutil
+
+    shutil.copytree(run, copy)
+    meta = json.loads((copy / "run.json").read_text())
+    meta["output_contract"] = contract
+    (copy / "run.json").write_text(json.dumps(meta))
+    return copy
+
+
+@pytest.fixture(scope="module")
+def constrained(tiny_model_dir, registry_dir, tmp_path_factory):
+    """A server with 'router' (alpha's weights, a label contract), 'extractor' (beta's, a JSON
+    schema) and 'alpha' (no contract: a run from before contracts)."""
+    root = tmp_path_factory.mktemp("constrained")
+    runs = registry_dir.parent
+    store = AdapterRegistry(root / "registry")
+    store.add("alpha", runs / "alpha")
+    store.add(
+        "router", run_with_contract(runs / "alpha", root / "router", {"kind": "labels", "labels": LABELS})
+    )
+    store.add(
+        "extractor",
+        run_with_contract(runs / "beta", root / "extractor", {"kind": "json_schema", "schema": SCHEMA}),
+    )
+    with running_server(tiny_model_dir, root / "registry", root) as (url, server, _):
+        from openai import OpenAI
+
+        yield url, server, OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60)
+
+
+def chat_raw(client, model, content, **kwargs):
+    """(parsed completion, the x-specialize-constraint header) of a chat request."""
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": content}], temperature=0, **kwargs
+    )
+    return raw.parse(), raw.headers["x-specialize-constraint"]
+
+
+def test_response_format_json_schema_and_json_object(constrained):
+    import jsonschema
+
+    url, server, client = constrained
+    for model in (server.base_id, "alpha", "router"):  # a request's format overrides router's labels
+        for prompt in PROMPTS[:2]:
+            reply, applied = chat_raw(
+                client, model, prompt, max_tokens=80, response_format=JSON_SCHEMA_FORMAT
+            )
+            assert applied == "json_schema" and reply.choices[0].finish_reason == "stop"
+            jsonschema.validate(json.loads(reply.choices[0].message.content), SCHEMA)
+    objects = []
+    for model in ("alpha", "router"):
+        for prompt in (PROMPTS[1], "card lost"):
+            reply, applied = chat_raw(
+                client, model, prompt, max_tokens=64, response_format={"type": "json_object"}
+            )
+            text = reply.choices[0].message.content
+            assert applied == "json_object" and text.startswith("{")
+            if reply.choices[0].finish_reason == "stop":  # a random model's object may outrun max_tokens
+                objects.append(json.loads(text))
+    assert objects and all(isinstance(o, dict) for o in objects)
+
+
+def test_an_adapters_contract_is_the_default_and_text_turns_it_off(constrained):
+    import jsonschema
+
+    url, server, client = constrained
+    for prompt in PROMPTS:
+        reply, applied = chat_raw(client, "router", prompt, max_tokens=32)
+        assert applied == "labels" and reply.choices[0].message.content in LABELS
+        assert reply.choices[0].finish_reason == "stop"
+        extracted, applied = chat_raw(client, "extractor", prompt, max_tokens=80)
+        assert applied == "json_schema"
+        jsonschema.validate(json.loads(extracted.choices[0].message.content), SCHEMA)
+    free, applied = chat_raw(
+        client,
+        "router",
+        PROMPTS[0],
+        max_tokens=10,
+        response_format={"type": "text"},
+        extra_body={"ignore_eos": True},
+    )
+    plain, plain_applied = chat_raw(
+        client, "alpha", PROMPTS[0], max_tokens=10, extra_body={"ignore_eos": True}
+    )
+    assert (applied, plain_applied) == ("none", "none")
+    assert free.choices[0].message.content == plain.choices[0].message.content  # same weights, no contract
+    assert free.choices[0].message.content not in LABELS and free.usage.completion_tokens == 10
+    _, base_applied = chat_raw(client, server.base_id, "hi", max_tokens=2)
+    assert base_applied == "none"  # the base model has no contract of its own
+    cards = {m["id"]: m["output_contract"] for m in httpx.get(url + "/v1/models").json()["data"]}
+    assert cards == {server.base_id: "none", "alpha": "none", "router": "labels", "extractor": "json_schema"}
+
+
+def test_streaming_under_a_contract(constrained):
+    import jsonschema
+
+    url, server, client = constrained
+    for prompt in PROMPTS:
+        chunks = list(
+            client.chat.completions.create(
+                model="router",
+                messages=[{"role": "user", "content": prompt}],
+                max_tokens=32,
+                temperature=0,
+                stream=True,
+            )
+        )
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) in LABELS
+        assert chunks[-1].choices[0].finish_reason == "stop"
+    pieces = list(
+        client.completions.create(
+            model=server.base_id,
+            prompt="The quick brown",
+            max_tokens=80,
+            temperature=0,
+            stream=True,
+            extra_body={"response_format": JSON_SCHEMA_FORMAT},
+        )
+    )
+    jsonschema.validate(json.loads("".join(p.choices[0].text for p in pieces)), SCHEMA)
+    with httpx.stream(
+        "POST",
+        url + "/v1/chat/completions",
+        json={"model": "router", "messages": [{"role": "user", "content": "x"}], "stream": True},
+    ) as response:
+        assert response.headers["x-specialize-constraint"] == "labels" and response.status_code == 200
+        response.read()
+
+
+def test_completions_route_takes_response_format_and_the_adapter_default(constrained):
+    import jsonschema
+
+    url, server, client = constrained
+    raw = client.completions.with_raw_response.create(
+        model="alpha",
+        prompt="hello",
+        max_tokens=80,
+        temperature=0,
+        extra_body={"response_format": JSON_SCHEMA_FORMAT},
+    )
+    assert raw.headers["x-specialize-constraint"] == "json_schema"
+    jsonschema.validate(json.loads(raw.parse().choices[0].text), SCHEMA)
+    routed = client.completions.create(
+        model="router", prompt="My card payment was declined.", max_tokens=32, temperature=0
+    )
+    assert routed.choices[0].text in LABELS and routed.choices[0].finish_reason == "stop"
+    free = client.completions.create(
+        model="router",
+        prompt="hello",
+        max_tokens=5,
+        temperature=0,
+        extra_body={"response_format": {"type": "text"}, "ignore_eos": True},
+    )
+    assert free.usage.completion_tokens == 5 and free.choices[0].finish_reason == "length"
+
+
+def test_a_burst_mixing_constrained_and_free_requests(constrained):
+    url, server, client = constrained
+    free_jobs = [(m, p) for m in ("alpha", server.base_id) for p in PROMPTS]
+    alone = {
+        job: client.chat.completions.create(
+            model=job[0], messages=[{"role": "user", "content": job[1]}], **GREEDY
+        )
+        .choices[0]
+        .message.content
+        for job in free_jobs
+    }
+    server.engine.pause()
+    try:
+        with ThreadPoolExecutor(2 * len(free_jobs)) as pool:
+            futures = submit_chats(pool, client, free_jobs)
+            routed = [pool.submit(chat_raw, client, "router", p, max_tokens=32) for p in PROMPTS] + [
+                pool.submit(chat_raw, client, "alpha", p, max_tokens=80, response_format=JSON_SCHEMA_FORMAT)
+                for p in PROMPTS
+            ]
+            wait_until(lambda: server.engine.queue_depth == len(free_jobs) + 2 * len(PROMPTS))
+            server.engine.resume()
+            burst = {job: f.result().choices[0].message.content for job, f in futures.items()}
+            replies = [f.result()[0].choices[0].message.content for f in routed]
+    finally:
+        server.engine.resume()
+    assert burst == alone
+    assert all(r in LABELS for r in replies[: len(PROMPTS)])
+    assert all(isinstance(json.loads(r), dict) for r in replies[len(PROMPTS) :])
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+@pytest.mark.parametrize(
+    ("response_format", "reason"),
+    [
+        (
+            {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nope"}}},
+            "Invalid type: nope",
+        ),
+        ({"type": "json_schema"}, "response_format.json_schema must be an object"),
+        ({"type": "json_schema", "json_schema": {"name": "x"}}, "response_format.json_schema.schema"),
+        ({"type": "xml"}, "response_format.type must be one of"),
+        ("json", "response_format must be an object"),
+    ],
+)
+def test_bad_response_formats_are_400_with_the_reason(constrained, path, response_format, reason):
+    url, server, client = constrained
+    body = {"model": "router", "max_tokens": 4, "response_format": response_format}
+    body.update({"messages": [{"role": "user", "content": "x"}]} if "chat" in path else {"prompt": "x"})
+    response = httpx.post(url + path, json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "response_format" and error["type"] == "invalid_request_error"
+    assert reason in error["message"], error["message"]
+
+
+def test_the_openai_client_raises_bad_request_for_an_uncompilable_schema(constrained):
+    import openai
+
+    url, server, client = constrained
+    bad = {
+        "type": "json_schema",
+        "json_schema": {"name": "x", "schema": {"type": "object", "minProperties": "two"}},
+    }
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model=server.base_id, messages=[{"role": "user", "content": "x"}], response_format=bad
+        )
+    assert caught.value.body["param"] == "response_format" and "schema" in caught.value.body["message"]

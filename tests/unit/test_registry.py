@@ -182,3 +182,97 @@ def test_adapters_commands(tmp_path, runs):
     assert removed.exit_code == 0 and "removed" in removed.output
     missing = cli.invoke(adapters_app, ["show", "banking77", "--registry", reg])
     assert missing.exit_code == 2
+
+
+LABELS = {"kind": "labels", "labels": ["card_arrival", "exchange_rate"]}
+
+# registry.sqlite as the version before output contracts made it (no output_contract column).
+_OLD_SCHEMA = """
+CREATE TABLE adapters (
+    name TEXT NOT NULL, version INTEGER NOT NULL, path TEXT NOT NULL, base_model_id TEXT NOT NULL,
+    base_ref TEXT NOT NULL, base_fingerprint TEXT NOT NULL, rank INTEGER NOT NULL, alpha REAL NOT NULL,
+    target_modules TEXT NOT NULL, size_bytes INTEGER NOT NULL, sha256 TEXT NOT NULL, created REAL NOT NULL,
+    eval_headline TEXT, source TEXT NOT NULL, PRIMARY KEY (name, version)
+)
+"""
+
+
+def _with_contract(tmp_path: Path, run: Path, name: str, contract) -> Path:
+    """A copy of `run` whose run.json records `contract` as its output_contract."""
+    import shutil
+
+    copy = tmp_path / name
+    shutil.copytree(run, copy)
+    meta = json.loads((copy / "run.json").read_text())
+    meta["output_contract"] = contract
+    (copy / "run.json").write_text(json.dumps(meta))
+    return copy
+
+
+def test_the_runs_output_contract_is_recorded_and_round_trips(tmp_path, runs):
+    from typer.testing import CliRunner
+
+    from specialize.commands.adapters import adapters_app
+
+    schema = {"kind": "json_schema", "schema": {"type": "object", "properties": {"a": {"type": "integer"}}}}
+    store = AdapterRegistry(tmp_path / "reg")
+    labeled = store.add("labeled", _with_contract(tmp_path, runs["one"], "labeled", LABELS))
+    assert labeled.output_contract == LABELS
+    assert store.get("labeled") == labeled and store.get("labeled").output_contract == LABELS
+    assert store.add("json", _with_contract(tmp_path, runs["two"], "json", schema)).output_contract == schema
+    free = store.add("free", _with_contract(tmp_path, runs["two"], "free", {"kind": "none"}))
+    assert free.output_contract == {"kind": "none"}
+    assert store.add("old", runs["one"]).output_contract is None  # a run from before contracts
+    assert store.add("peft", runs["plain"]).output_contract is None  # no run.json at all
+    assert {r.name: r.output_contract for r in store.list()}["json"] == schema
+    assert labeled.to_dict()["output_contract"] == LABELS
+
+    listed = CliRunner().invoke(adapters_app, ["list", "--json", "--registry", str(tmp_path / "reg")])
+    assert listed.exit_code == 0, listed.output
+    assert {r["name"]: r["output_contract"] for r in json.loads(listed.output)}["labeled"] == LABELS
+    table = CliRunner().invoke(adapters_app, ["list", "--registry", str(tmp_path / "reg")])
+    assert table.exit_code == 0 and "labels (2)" in table.output
+
+
+@pytest.mark.parametrize(
+    ("contract", "reason"),
+    [
+        ({"kind": "labels", "labels": []}, "empty"),
+        ({"kind": "sometimes"}, "unknown output contract kind"),
+        ("labels", "must be a JSON object"),
+        ({"kind": "json_schema", "schema": {"type": "nope"}}, "schema"),
+    ],
+)
+def test_a_corrupt_output_contract_is_refused_naming_run_json(tmp_path, runs, contract, reason):
+    source = _with_contract(tmp_path, runs["one"], "corrupt", contract)
+    store = AdapterRegistry(tmp_path / "reg")
+    with pytest.raises(RegistryError, match=reason) as caught:
+        store.add("corrupt", source)
+    assert str(source / "run.json") in str(caught.value) and "output_contract" in str(caught.value)
+    assert store.list() == []
+
+
+def test_a_registry_made_by_the_previous_version_gains_the_column(tmp_path, runs):
+    import sqlite3
+
+    root = tmp_path / "reg"
+    root.mkdir()
+    (root / "old" / "v1").mkdir(parents=True)
+    with sqlite3.connect(root / "registry.sqlite") as conn:
+        conn.execute(_OLD_SCHEMA)
+        conn.execute(
+            "INSERT INTO adapters VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            ("old", 1, "old/v1", "tiny", "{}", "0" * 16, 4, 8.0, '["q_proj"]', 10, "a" * 64, 1.0, None, "/x"),
+        )
+    conn.close()
+    store = AdapterRegistry(root)
+    old = store.get("old")
+    assert old.version == 1 and old.output_contract is None and old.rank == 4
+    added = store.add("old", _with_contract(tmp_path, runs["one"], "labeled", LABELS))
+    assert added.version == 2 and store.get("old").output_contract == LABELS
+    assert [r.output_contract for r in store.list(all_versions=True)] == [None, LABELS]
+    with sqlite3.connect(root / "registry.sqlite") as conn:
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(adapters)")]
+    conn.close()
+    assert columns[-1] == "output_contract" and columns.count("output_contract") == 1
+    assert AdapterRegistry(root).get("old", 1) == old  # a second opening does not ALTER again

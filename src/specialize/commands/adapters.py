@@ -69,7 +69,7 @@ def list_adapters(
         console.print(f"no adapters in {store.root}; add one with `specialize adapters add NAME RUN_DIR`")
         return
     table = Table(title=f"Adapters in {store.root}", title_justify="left")
-    for column in ("name", "version", "base model", "rank", "size", "created", "eval"):
+    for column in ("name", "version", "base model", "rank", "size", "created", "output", "eval"):
         table.add_column(column)
     for r in records:
         table.add_row(
@@ -79,6 +79,7 @@ def list_adapters(
             str(r.rank),
             _size(r.size_bytes),
             _when(r.created),
+            _contract(r.output_contract),
             r.eval_headline or "-",
         )
     console.print(table)
@@ -119,6 +120,14 @@ def remove(
 
 def _size(nbytes: int) -> str:
     return f"{nbytes / 1e6:.1f} MB" if nbytes >= 100_000 else f"{nbytes / 1e3:.1f} kB"
+
+
+def _contract(contract: dict | None) -> str:
+    """The output a server enforces by default: 'labels (77)', 'json_schema' or '-' (free text)."""
+    kind = (contract or {}).get("kind", "none")
+    if kind == "labels":
+        return f"labels ({len(contract.get('labels') or [])})"  # type: ignore[union-attr]
+    return "-" if kind == "none" else kind
 
 
 def _when(ts: float) -> str:

@@ -55,9 +55,16 @@ CREATE TABLE IF NOT EXISTS adapters (
     created REAL NOT NULL,            -- unix time
     eval_headline TEXT,               -- the run's eval/report.json "headline", when there is one
     source TEXT NOT NULL,             -- where it was added from
+    output_contract TEXT,             -- JSON of the run's OutputContract (run.json), when it recorded one
     PRIMARY KEY (name, version)
 )
 """
+# Columns added after the first release: an older registry.sqlite gains them on first use.
+_ADDED_COLUMNS = {"output_contract": "TEXT"}
+_COLUMNS = (
+    "name, version, path, base_model_id, base_ref, base_fingerprint, rank, alpha, target_modules, "
+    "size_bytes, sha256, created, eval_headline, source, output_contract"
+)
 
 
 class RegistryError(SpecializeError):
@@ -112,6 +119,9 @@ class AdapterRecord:
     created: float
     eval_headline: str | None
     source: str
+    # The run's output contract (`OutputContract.to_dict()`, e.g. {"kind": "labels", "labels": [...]}),
+    # which a server enforces by default; None when the run recorded none (older runs).
+    output_contract: dict[str, Any] | None = None
 
     @property
     def key(self) -> str:
@@ -135,6 +145,7 @@ class AdapterSource:
     base_fingerprint: str
     eval_headline: str | None = None
     tensor_names: list[str] = field(default_factory=list)
+    output_contract: dict[str, Any] | None = None
 
 
 def inspect_source(path: str | Path, base: str | None = None) -> AdapterSource:
@@ -163,6 +174,7 @@ def inspect_source(path: str | Path, base: str | None = None) -> AdapterSource:
         base_fingerprint=fingerprint,
         eval_headline=_eval_headline(run_dir),
         tensor_names=tensor_names,
+        output_contract=_output_contract(run_dir),
     )
 
 
@@ -277,6 +289,25 @@ def _eval_headline(run_dir: Path | None) -> str | None:
     return headline if isinstance(headline, str) else json.dumps(headline, ensure_ascii=False)
 
 
+def _output_contract(run_dir: Path | None) -> dict[str, Any] | None:
+    """The output contract run.json recorded (validated and normalised), or None."""
+    if run_dir is None:
+        return None
+    path = run_dir / "run.json"
+    if not path.is_file():
+        return None
+    recorded = _read_json(path).get("output_contract")
+    if recorded is None:
+        return None
+    from specialize.constrain import OutputContract
+    from specialize.errors import ConstraintError
+
+    try:
+        return OutputContract.from_dict(recorded).to_dict()
+    except ConstraintError as exc:
+        raise RegistryError(f"{path}: output_contract is invalid: {exc}") from None
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -291,6 +322,7 @@ class AdapterRegistry:
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root).expanduser() if root is not None else default_registry_dir()
         self.db_path = self.root / "registry.sqlite"
+        self._migrated = False
 
     @contextlib.contextmanager
     def _connect(self, write: bool = False) -> Iterator[sqlite3.Connection]:
@@ -299,6 +331,9 @@ class AdapterRegistry:
         conn.row_factory = sqlite3.Row
         try:
             conn.execute(_SCHEMA)
+            if not self._migrated:
+                _add_missing_columns(conn)
+                self._migrated = True
             if not write:
                 yield conn
                 return
@@ -343,9 +378,10 @@ class AdapterRegistry:
                     created=time.time(),
                     eval_headline=found.eval_headline,
                     source=str(Path(source).expanduser().resolve()),
+                    output_contract=found.output_contract,
                 )
                 conn.execute(
-                    "INSERT INTO adapters VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    f"INSERT INTO adapters ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         name,
                         version,
@@ -361,6 +397,7 @@ class AdapterRegistry:
                         record.created,
                         record.eval_headline,
                         record.source,
+                        json.dumps(record.output_contract) if record.output_contract is not None else None,
                     ),
                 )
             return record
@@ -452,7 +489,21 @@ class AdapterRegistry:
             created=row["created"],
             eval_headline=row["eval_headline"],
             source=row["source"],
+            output_contract=json.loads(row["output_contract"]) if row["output_contract"] else None,
         )
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """ALTER an adapters table made by an older version; another process may race us to it."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(adapters)")}
+    for column, kind in _ADDED_COLUMNS.items():
+        if column in have:
+            continue
+        try:
+            conn.execute(f"ALTER TABLE adapters ADD COLUMN {column} {kind}")
+        except sqlite3.OperationalError as exc:
+            if "duplicate column" not in str(exc):
+                raise
 
 
 def check_compatible(record: AdapterRecord, base_fingerprint: str, base_model_id: str) -> None:

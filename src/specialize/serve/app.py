@@ -10,11 +10,19 @@ events in OpenAI's chunk format), `GET /v1/models`, `POST /v1/adapters` and
 A request's `model` is the base model's id (e.g. `smollm2-135m-instruct`) or an adapter name.
 Adapters come only from the registry, never from a path in a request, and only when they were
 trained on exactly the served base weights.
+
+Guaranteed output formats: both completion routes take OpenAI's `response_format`
+({"type": "json_object"}, {"type": "json_schema", "json_schema": {"name", "schema"}}, {"type": "text"}).
+A request to an adapter whose run recorded an output contract (a label set, a JSON schema) is
+decoded under that contract unless its `response_format` says otherwise ({"type": "text"} turns it
+off); the base model has no contract of its own. The contract applied is named in the response
+header `x-specialize-constraint` (labels, json_schema, json_object or none).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import json
 import logging
@@ -32,8 +40,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from specialize.constrain import NONE, OutputContract, contract_from_response_format
 from specialize.data.tokenize import render_prompt
-from specialize.errors import SpecializeError
+from specialize.errors import ConstraintError, SpecializeError
 from specialize.models.bundled import DEFAULT_MODEL
 from specialize.registry.store import (
     AdapterNotFoundError,
@@ -139,6 +148,9 @@ class _SamplingBody(_Lenient):
     logit_bias: dict[str, float] | None = None
     ignore_eos: bool = False  # vLLM's extension: generate exactly max_tokens
     user: str | None = None
+    # OpenAI's {"type": "text" | "json_object" | "json_schema", ...}; parsed (with clear messages)
+    # by specialize.constrain.contract_from_response_format, hence Any. None: the adapter's default.
+    response_format: Any = None
 
     def unsupported(self) -> tuple[str, str] | None:
         if self.n != 1:
@@ -161,15 +173,12 @@ class ChatCompletionRequest(_SamplingBody):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
     tools: list[Any] | None = None
-    response_format: dict[str, Any] | None = None
 
     def unsupported(self) -> tuple[str, str] | None:
         if self.logprobs:
             return "logprobs", "logprobs are not supported"
         if self.tools:
             return "tools", "tool calling is not supported"
-        if self.response_format and self.response_format.get("type") not in (None, "text"):
-            return "response_format", "only the 'text' response format is supported"
         return super().unsupported()
 
 
@@ -418,6 +427,8 @@ def _labels(**labels: str) -> str:
 
 # The server state ----------------------------------------------------------------------------
 
+CONSTRAINT_HEADER = "x-specialize-constraint"
+
 
 @dataclass
 class _Context:
@@ -432,6 +443,11 @@ class _Context:
     rid: str
     created: int
     include_usage: bool = False
+    constraint: str = "none"  # the kind of output contract applied
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {CONSTRAINT_HEADER: self.constraint}
 
 
 class ModelServer:
@@ -469,6 +485,7 @@ class ModelServer:
         )
         self.served: dict[str, AdapterRecord] = {}
         self.skipped: list[str] = []
+        self._adapter_contracts: dict[str, OutputContract] = {}  # by AdapterRecord.key
         self._select_adapters(options.adapters)
         self.metrics = Metrics()
         self.request_log = None
@@ -546,6 +563,7 @@ class ModelServer:
                 "owned_by": "specialize",
                 "root": self.base_id,
                 "parent": None,
+                "output_contract": "none",
             }
         return {
             "id": record.name,
@@ -556,6 +574,8 @@ class ModelServer:
             "parent": self.base_id,
             "version": record.version,
             "eval_headline": record.eval_headline,
+            # What the adapter replies by default: labels, json_schema or none (free text).
+            "output_contract": (record.output_contract or {}).get("kind", "none"),
         }
 
     # Adapters, while serving ---------------------------------------------------------------
@@ -621,6 +641,12 @@ class ModelServer:
         )
         try:
             params = self._sampling(body, len(ids), max_tokens, default_max, param)
+            contract = self._contract(body, adapter)
+            if contract.kind != "none":
+                # Compiling (the tokenizer's table once, then each new contract) is off the event loop.
+                constraint = await asyncio.to_thread(self._compile, contract, body.response_format is None)
+                params = dataclasses.replace(params, constraint=constraint)
+            ctx.constraint = contract.kind
         except APIError as exc:
             self._record(ctx, exc.status, None)
             raise
@@ -645,7 +671,7 @@ class ModelServer:
             return StreamingResponse(
                 self._stream(ctx, handle, events),
                 media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **ctx.headers},
             )
         try:
             kind, payload = await events.get()
@@ -656,7 +682,39 @@ class ModelServer:
             self._record(ctx, 500, None)
             raise APIError(500, f"generation failed: {payload}")
         self._record(ctx, 200, payload)
-        return self._response(ctx, payload)
+        return JSONResponse(self._response(ctx, payload), headers=ctx.headers)
+
+    def _contract(self, body: _SamplingBody, adapter: AdapterRecord | None) -> OutputContract:
+        """The request's response_format if it has one, else the adapter's recorded contract."""
+        if body.response_format is not None:
+            try:
+                return contract_from_response_format(body.response_format)
+            except ConstraintError as exc:
+                raise APIError(400, str(exc), param="response_format", code="invalid_value") from None
+        if adapter is None or not adapter.output_contract:
+            return NONE
+        contract = self._adapter_contracts.get(adapter.key)
+        if contract is None:
+            try:
+                contract = OutputContract.from_dict(adapter.output_contract)
+            except ConstraintError as exc:  # the registry validated it when the adapter was added
+                raise APIError(
+                    500, f"adapter '{adapter.name}' has an invalid output contract: {exc}"
+                ) from None
+            self._adapter_contracts[adapter.key] = contract
+        return contract
+
+    def _compile(self, contract: OutputContract, from_adapter: bool) -> Any:
+        try:
+            return self.engine.compile(contract)
+        except ConstraintError as exc:
+            if from_adapter:
+                raise APIError(
+                    500,
+                    f"the adapter's output contract cannot be enforced on this model: {exc}; send "
+                    'response_format {"type": "text"} for free text',
+                ) from None
+            raise APIError(400, str(exc), param="response_format", code="invalid_value") from None
 
     def _completion_prompt(
         self, prompt: str | list[str] | list[int] | list[list[int]]

@@ -9,6 +9,11 @@ One background thread owns the model. Every iteration of its loop:
 3. runs one decode step for the whole batch, samples each row with its own parameters, and
    drops the rows that finished (end of turn, a stop string, max_tokens, or cancellation).
 
+A request may carry a compiled output constraint (`SamplingParams.constraint`): its row gets its
+own `ConstraintState`, the logits of constrained rows are masked before sampling (greedy or not;
+free rows are untouched, and the step is skipped when no row is constrained), and the row ends
+with "stop" as soon as its reply is complete and nothing else may follow.
+
 Left padding, the attention mask and explicit position ids make each row's computation the same
 as if it ran alone, so a greedy request gets the same tokens whatever else shares its batch.
 The queue of waiting requests is bounded: `submit` raises `QueueFull` instead of letting latency
@@ -32,6 +37,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from specialize.constrain.contract import OutputContract
+from specialize.constrain.decoder import Constraint, ConstraintState, compile_constraint, mask_logits
 from specialize.errors import SpecializeError
 from specialize.registry.store import AdapterRecord
 from specialize.serve.adapters import ResidentAdapters
@@ -58,6 +65,8 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     ignore_eos: bool = False  # generate exactly max_tokens (benchmarks), as vLLM's extension
+    # Every token is chosen under this mask (one label, JSON under a schema); from `Engine.compile`.
+    constraint: Constraint | None = None
 
 
 @dataclass
@@ -140,6 +149,8 @@ class _Row:
         self.finish_reason: str | None = None
         seed = handle.params.seed if handle.params.seed is not None else secrets.randbits(63)
         self.generator = torch.Generator().manual_seed(seed) if handle.params.temperature > 0 else None
+        constraint = handle.params.constraint
+        self.state: ConstraintState | None = constraint.start() if constraint is not None else None
 
     def accept(self, token: int, tokenizer: Any, eos_ids: frozenset[int]) -> bool:
         """Record a sampled token, stream the new text, and say whether the request is done."""
@@ -152,7 +163,18 @@ class _Row:
         text_tokens = self.tokens
         if token in eos_ids and not params.ignore_eos:
             reason, text_tokens = "stop", self.tokens[:-1]
-        text = tokenizer.decode(text_tokens, skip_special_tokens=True)
+        state = self.state
+        if state is not None:
+            if not state.advance(token):  # cannot happen under the mask; the state now allows only EOS
+                log.warning(
+                    "request %d: token %d broke its constraint: %s", self.handle.id, token, state.error
+                )
+            if state.finished:  # a whole label / JSON value, and only end-of-turn may follow
+                reason = "stop"
+            # Text exactly as the constraint matched it (no clean-up of spaces before punctuation).
+            text = tokenizer.decode(text_tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        else:
+            text = tokenizer.decode(text_tokens, skip_special_tokens=True)
         if reason is None and params.stop:
             cut = _first_stop(text, params.stop, start=max(0, self.emitted - max(map(len, params.stop))))
             if cut is not None:
@@ -268,6 +290,11 @@ class Engine:
         self, prompt_ids: Sequence[int], params: SamplingParams, adapter: AdapterRecord | None = None
     ) -> Completion:
         return self.submit(prompt_ids, params, adapter).wait()
+
+    def compile(self, contract: OutputContract | None) -> Constraint | None:
+        """An `OutputContract` compiled for this engine's tokenizer and end-of-turn tokens (cached),
+        for `SamplingParams.constraint`; None for no contract. Raises ConstraintError. Any thread."""
+        return compile_constraint(contract, self.tokenizer, sorted(self.eos_ids))
 
     def call(self, fn: Callable[[], Any]) -> Future:
         """Run `fn` on the engine thread between two forward passes (adapter loads, unloads)."""
@@ -464,6 +491,9 @@ class Engine:
 
     def _sample(self, logits: torch.Tensor, rows: list[_Row]) -> list[int]:
         logits = logits.float()
+        states = [row.state for row in rows]
+        if any(state is not None for state in states):
+            mask_logits(states, logits)  # in place, constrained rows only
         chosen = logits.argmax(-1).tolist()
         for i, row in enumerate(rows):
             params = row.handle.params

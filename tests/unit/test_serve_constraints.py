@@ -1,0 +1,217 @@
+"""Output constraints in the batching engine: a constrained row replies with exactly one label or JSON
+valid under its schema, whatever shares its batch, and a free row gets the same tokens as if no
+constrained row were there (different adapters, greedy and sampled rows mixed)."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+import torch
+
+from specialize.constrain import OutputContract, labels_contract, schema_contract
+from specialize.data.tokenize import render_prompt
+from specialize.registry import AdapterRegistry
+from specialize.serve.engine import Engine, SamplingParams
+from tests.conftest import make_adapter_run
+
+EOS = 2  # <|im_end|> in the tiny tokenizer
+LABELS = ["card_arrival", "exchange_rate", "declined_card_payment"]
+PREFIXED = ["card", "card_arrival", "card_arrival_late", "card_arrival_late_again"]
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "ok": {"type": "boolean"},
+        "n": {"type": "integer", "minimum": 0, "maximum": 50},
+        "tag": {"enum": ["x", "yy"]},
+        "name": {"type": "string", "maxLength": 4},
+    },
+    "required": ["ok", "n", "tag", "name"],
+    "additionalProperties": False,
+}
+PROMPTS = ["My card payment was declined.", "What is the exchange rate?", "hi", "card lost"]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir, tmp_path_factory):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from specialize.serve.adapters import ResidentAdapters
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    engine = Engine(model, tokenizer, adapters=ResidentAdapters(model, capacity=2), max_batch=32)
+    engine.start()
+    yield engine
+    engine.stop()
+
+
+@pytest.fixture(scope="module")
+def alpha(tiny_model_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("constrained-serve")
+    return AdapterRegistry(root / "reg").add(
+        "alpha", make_adapter_run(root / "alpha", tiny_model_dir, seed=1)
+    )
+
+
+@pytest.fixture(scope="module")
+def prompts(engine):
+    tok = engine.tokenizer
+    return [
+        tok(render_prompt(tok, [{"role": "user", "content": p}]), add_special_tokens=False)["input_ids"]
+        for p in PROMPTS
+    ]
+
+
+def batch(engine, jobs, on_event=None):
+    """Run (prompt_ids, params, adapter) jobs as one batch (queued while the engine is paused)."""
+    engine.pause()
+    try:
+        handles = [
+            engine.submit(ids, params, adapter, on_event(i) if on_event else None)
+            for i, (ids, params, adapter) in enumerate(jobs)
+        ]
+    finally:
+        engine.resume()
+    return [h.wait(60) for h in handles]
+
+
+def greedy(max_tokens=10, **kw):
+    return SamplingParams(max_tokens=max_tokens, temperature=0, **kw)
+
+
+def test_constrained_and_free_rows_share_a_batch(engine, alpha, prompts):
+    labels = engine.compile(labels_contract(LABELS))
+    prefixed = engine.compile(labels_contract(PREFIXED))
+    schema = engine.compile(schema_contract(SCHEMA))
+    free = [
+        (prompts[0], greedy(ignore_eos=True), None),
+        (prompts[1], greedy(ignore_eos=True), alpha),
+        (
+            prompts[2],
+            SamplingParams(max_tokens=10, temperature=1.0, top_p=0.9, seed=3, ignore_eos=True),
+            alpha,
+        ),
+        (prompts[3], SamplingParams(max_tokens=10, temperature=0.8, seed=4, ignore_eos=True), None),
+    ]
+    constrained = [
+        (prompts[0], greedy(40, constraint=labels), None),
+        (prompts[1], greedy(40, constraint=labels), alpha),
+        (prompts[2], greedy(40, constraint=prefixed), alpha),
+        (prompts[3], greedy(80, constraint=schema), None),
+        (prompts[0], SamplingParams(max_tokens=80, temperature=1.0, seed=5, constraint=schema), alpha),
+        (
+            prompts[1],
+            SamplingParams(max_tokens=40, temperature=1.0, top_p=0.5, seed=6, constraint=labels),
+            None,
+        ),
+    ]
+    free_alone = [c.token_ids for c in batch(engine, free)]
+    constrained_alone = [engine.generate(*job).text for job in constrained]
+    n = len(free)  # free and constrained rows alternate in the batch
+    mixed = batch(
+        engine, [job for pair in zip(free, constrained[:n], strict=True) for job in pair] + constrained[n:]
+    )
+    mixed_free, mixed_constrained = mixed[0 : 2 * n : 2], mixed[1 : 2 * n : 2] + mixed[2 * n :]
+
+    assert [c.token_ids for c in mixed_free] == free_alone  # no constrained neighbour changes a free row
+    assert all(c.finish_reason == "length" and len(c.token_ids) == 10 for c in mixed_free)
+    assert [c.text for c in mixed_constrained] == constrained_alone
+    assert all(c.finish_reason == "stop" for c in mixed_constrained)
+    texts = [c.text for c in mixed_constrained]
+    assert texts[0] in LABELS and texts[1] in LABELS and texts[2] in PREFIXED and texts[5] in LABELS
+    for text in (texts[3], texts[4]):
+        jsonschema.validate(json.loads(text), SCHEMA)
+    assert engine.compile(OutputContract("none")) is None and engine.compile(None) is None
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_sampled_rows_stay_in_their_contract(engine, alpha, prompts, seed):
+    labels = engine.compile(labels_contract(PREFIXED))
+    schema = engine.compile(schema_contract(SCHEMA))
+    sampled = {"temperature": 1.5, "seed": seed}
+    out = batch(
+        engine,
+        [(p, SamplingParams(max_tokens=40, constraint=labels, **sampled), alpha) for p in prompts]
+        + [
+            (p, SamplingParams(max_tokens=90, constraint=schema, top_p=0.95, **sampled), None)
+            for p in prompts
+        ],
+    )
+    assert all(c.finish_reason == "stop" for c in out)
+    assert all(c.text in PREFIXED for c in out[: len(prompts)])
+    for c in out[len(prompts) :]:
+        jsonschema.validate(json.loads(c.text), SCHEMA)
+
+
+@pytest.fixture
+def biased(engine):
+    """Add a fixed bias to the tiny model's logits while the test runs."""
+    handles = []
+
+    def _bias(token_bias):
+        bias = torch.zeros(engine.model.lm_head.out_features)
+        for token, value in token_bias.items():
+            bias[token] = value
+        handles.append(engine.model.lm_head.register_forward_hook(lambda module, args, out: out + bias))
+
+    yield _bias
+    for handle in handles:
+        handle.remove()
+
+
+def test_a_complete_reply_ends_its_row_with_stop(engine, prompts, biased):
+    tok = engine.tokenizer
+    only = engine.compile(labels_contract(["card_arrival_late_again"]))
+    done = engine.generate(prompts[0], greedy(40, constraint=only))
+    # Nothing can follow the one label: the row ends there, without a step for end-of-turn.
+    assert (done.text, done.finish_reason) == ("card_arrival_late_again", "stop")
+    assert EOS not in done.token_ids and tok.decode(done.token_ids) == done.text
+    # ignore_eos cannot push a constrained row past its reply.
+    assert engine.generate(prompts[0], greedy(40, constraint=only, ignore_eos=True)).text == done.text
+    # A label that prefixes others ends on end-of-turn when the model picks it.
+    biased({EOS: 30.0, **{t: 60.0 for t in tok("card", add_special_tokens=False)["input_ids"]}})
+    short = engine.generate(prompts[1], greedy(40, constraint=engine.compile(labels_contract(PREFIXED))))
+    assert (short.text, short.finish_reason, short.token_ids[-1]) == ("card", "stop", EOS)
+
+
+def test_max_tokens_running_out_first_is_length(engine, prompts):
+    only = engine.compile(labels_contract(["card_arrival_late_again"]))
+    cut = engine.generate(prompts[0], greedy(1, constraint=only))
+    assert cut.finish_reason == "length" and len(cut.token_ids) == 1
+    assert cut.text and "card_arrival_late_again".startswith(cut.text)
+
+
+def test_stop_strings_and_streaming_next_to_constrained_rows(engine, alpha, prompts):
+    labels = engine.compile(labels_contract(LABELS))
+    free = engine.generate(prompts[2], greedy(12, ignore_eos=True))
+    stop = free.text[3:5]
+    assert stop.strip()
+    deltas: dict[int, list[str]] = {0: [], 1: []}
+
+    def collect(i):
+        return lambda event: deltas[i].append(event[1]) if event[0] == "delta" else None
+
+    out = batch(
+        engine,
+        [
+            (prompts[2], greedy(12, ignore_eos=True, stop=(stop,)), None),
+            (prompts[0], greedy(40, constraint=labels), alpha),
+        ],
+        on_event=collect,
+    )
+    assert (out[0].text, out[0].finish_reason) == (free.text[: free.text.index(stop)], "stop")
+    assert out[1].text in LABELS and "".join(deltas[1]) == out[1].text and "".join(deltas[0]) == out[0].text
+
+
+def test_no_constrained_row_skips_the_mask(engine, alpha, prompts, monkeypatch):
+    import specialize.serve.engine as engine_module
+
+    def fail(*args):
+        raise AssertionError("mask_logits called for a batch without a constrained row")
+
+    before = [engine.generate(p, greedy(6, ignore_eos=True), alpha).token_ids for p in prompts]
+    monkeypatch.setattr(engine_module, "mask_logits", fail)
+    after = batch(engine, [(p, greedy(6, ignore_eos=True), alpha) for p in prompts])
+    assert [c.token_ids for c in after] == before
