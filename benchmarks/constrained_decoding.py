@@ -70,57 +70,82 @@ def main() -> None:
     _time_masks()
     labels = json.loads((DATA / "categories.json").read_text())
     with (DATA / "test.csv").open(newline="", encoding="utf-8") as handle:
-        texts = [row["text"] for row in csv.DictReader(handle)][:: max(1, 3080 // args.prompts)][: args.prompts]
+        texts = [row["text"] for row in csv.DictReader(handle)][:: max(1, 3080 // args.prompts)][
+            : args.prompts
+        ]
     loaded = load_model("smollm2-135m-instruct")
     listed = ", ".join(labels)
     cases = {
         "labels": (
             labels_contract(labels),
             f"Classify the banking customer's request. Reply with exactly one of these intents: {listed}.",
-            ["\n"], 24,
+            ["\n"],
+            24,
         ),
         "json_schema": (
-            schema_contract({
-                "type": "object",
-                "properties": {"intent": {"enum": labels}, "urgent": {"type": "boolean"}},
-                "required": ["intent", "urgent"], "additionalProperties": False,
-            }),
+            schema_contract(
+                {
+                    "type": "object",
+                    "properties": {"intent": {"enum": labels}, "urgent": {"type": "boolean"}},
+                    "required": ["intent", "urgent"],
+                    "additionalProperties": False,
+                }
+            ),
             "Classify the banking customer's request. Reply with JSON only: "
             f'{{"intent": one of {listed}, "urgent": true or false}}.',
-            [], 48,
+            [],
+            48,
         ),
     }
     ratios = {}
     for name, (contract, system, stop, max_new) in cases.items():
-        conversations = [[{"role": "system", "content": system}, {"role": "user", "content": t}] for t in texts]
+        conversations = [
+            [{"role": "system", "content": system}, {"role": "user", "content": t}] for t in texts
+        ]
         constraint = compile_constraint(contract, loaded.tokenizer, end_of_turn_ids(loaded))
         best: dict[str, dict] = {}
         for _ in range(args.rounds):
             for side, kwargs in (("free", {"stop": stop}), ("constrained", {"constraint": contract})):
                 MASK_TIMER.seconds = 0.0
                 began = time.perf_counter()
-                outputs = generate(loaded, conversations, max_new_tokens=max_new, batch_size=args.batch_size, **kwargs)
+                outputs = generate(
+                    loaded, conversations, max_new_tokens=max_new, batch_size=args.batch_size, **kwargs
+                )
                 seconds = time.perf_counter() - began
                 tokens = sum(o.completion_tokens for o in outputs)
                 if side not in best or tokens / seconds > best[side]["tokens_per_s"]:
                     valid = sum(
-                        constraint.accepts(loaded.tokenizer(o.text.strip(), add_special_tokens=False)["input_ids"])
+                        constraint.accepts(
+                            loaded.tokenizer(o.text.strip(), add_special_tokens=False)["input_ids"]
+                        )
                         for o in outputs
                     )
-                    best[side] = {"tokens_per_s": tokens / seconds, "requests_per_s": len(outputs) / seconds,
-                                  "mask_share": MASK_TIMER.seconds / seconds,
-                                  "valid": valid / len(outputs), "tokens": tokens}
+                    best[side] = {
+                        "tokens_per_s": tokens / seconds,
+                        "requests_per_s": len(outputs) / seconds,
+                        "mask_share": MASK_TIMER.seconds / seconds,
+                        "valid": valid / len(outputs),
+                        "tokens": tokens,
+                    }
         for side in ("free", "constrained"):
             b = best[side]
-            print(f"{name:12s} ({'a' if side == 'free' else 'b'}) {side:11s}: {b['tokens_per_s']:6.1f} tokens/s, "
-                  f"mask {b['mask_share']:5.1%} of the time, "
-                  f"{b['requests_per_s']:5.2f} requests/s, {b['tokens']} tokens, valid {b['valid']:.0%}")
-        ratios[name] = (best["constrained"]["tokens_per_s"] / best["free"]["tokens_per_s"],
-                        best["constrained"]["requests_per_s"] / best["free"]["requests_per_s"],
-                        best["constrained"]["mask_share"])
-    print("RESULT constrained/free: " + "; ".join(
-        f"{k} tokens/s {t:.2f}x, requests/s {r:.2f}x, mask {m:.1%} of constrained time"
-        for k, (t, r, m) in ratios.items()))
+            print(
+                f"{name:12s} ({'a' if side == 'free' else 'b'}) {side:11s}: {b['tokens_per_s']:6.1f} tokens/s, "
+                f"mask {b['mask_share']:5.1%} of the time, "
+                f"{b['requests_per_s']:5.2f} requests/s, {b['tokens']} tokens, valid {b['valid']:.0%}"
+            )
+        ratios[name] = (
+            best["constrained"]["tokens_per_s"] / best["free"]["tokens_per_s"],
+            best["constrained"]["requests_per_s"] / best["free"]["requests_per_s"],
+            best["constrained"]["mask_share"],
+        )
+    print(
+        "RESULT constrained/free: "
+        + "; ".join(
+            f"{k} tokens/s {t:.2f}x, requests/s {r:.2f}x, mask {m:.1%} of constrained time"
+            for k, (t, r, m) in ratios.items()
+        )
+    )
 
 
 if __name__ == "__main__":

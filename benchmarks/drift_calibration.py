@@ -41,7 +41,10 @@ from specialize.monitor.profile import profile_from_examples  # noqa: E402
 # Questions from other domains (cooking, sport, code, travel...), one per line, shared with
 # examples/banking77/traffic.py.
 OUT_OF_DOMAIN = [
-    line for line in (ROOT / "examples" / "banking77" / "out_of_domain.txt").read_text(encoding="utf-8").splitlines()
+    line
+    for line in (ROOT / "examples" / "banking77" / "out_of_domain.txt")
+    .read_text(encoding="utf-8")
+    .splitlines()
     if line.strip()
 ]
 
@@ -71,13 +74,17 @@ def main() -> None:
     labels = list(profile["labels"]["counts"])
     weights = np.array([profile["labels"]["counts"][lab] for lab in labels], dtype=float)
     weights /= weights.sum()
-    print(f"reference: {len(train)} train rows, sample {profile['sample']['n']}, embedder "
-          f"{profile['embedder']['name']}, lengths in {profile['length_unit']} "
-          f"({time.perf_counter() - started:.1f} s)")
+    print(
+        f"reference: {len(train)} train rows, sample {profile['sample']['n']}, embedder "
+        f"{profile['embedder']['name']}, lengths in {profile['length_unit']} "
+        f"({time.perf_counter() - started:.1f} s)"
+    )
 
     def rows(texts, completions):
-        return [{"prompt": t, "completion": c, "ts": float(i), "status": 200}
-                for i, (t, c) in enumerate(zip(texts, completions, strict=True))]
+        return [
+            {"prompt": t, "completion": c, "ts": float(i), "status": 200}
+            for i, (t, c) in enumerate(zip(texts, completions, strict=True))
+        ]
 
     in_texts = [e.user_text for e in test]
     in_labels = [e.completion for e in test]
@@ -105,26 +112,45 @@ def main() -> None:
     per_label = {lab: in_labels.count(lab) for lab in set(in_labels)}
     row_p = np.array([label_share[lab] / per_label[lab] for lab in in_labels])
     row_p /= row_p.sum()
+
     def mixed(share: float):
         n_ood = round(share * 2 * args.window)
-        return lambda r: concat(live_in.take(r.choice(len(live_in), 2 * args.window - n_ood, replace=False, p=row_p)),
-                                live_ood.take(r.choice(len(live_ood), n_ood, replace=False)))
+        return lambda r: concat(
+            live_in.take(r.choice(len(live_in), 2 * args.window - n_ood, replace=False, p=row_p)),
+            live_ood.take(r.choice(len(live_ood), n_ood, replace=False)),
+        )
 
     scenarios: list[tuple[str, int, object]] = []
     for size in (int(s) for s in args.null_windows.split(",")):
-        scenarios.append((f"in-domain, train mix, window {size}", size,
-                          lambda r, size=size: live_in.take(r.choice(len(live_in), size, replace=False, p=row_p))))
+        scenarios.append(
+            (
+                f"in-domain, train mix, window {size}",
+                size,
+                lambda r, size=size: live_in.take(r.choice(len(live_in), size, replace=False, p=row_p)),
+            )
+        )
     for size in (int(s) for s in args.null_windows.split(",")):
-        scenarios.append((f"in-domain, test.csv as is, window {size}", size,
-                          lambda r, size=size: live_in.take(r.choice(len(live_in), size, replace=False))))
+        scenarios.append(
+            (
+                f"in-domain, test.csv as is, window {size}",
+                size,
+                lambda r, size=size: live_in.take(r.choice(len(live_in), size, replace=False)),
+            )
+        )
     w = args.window
     scenarios += [
-        (f"out-of-domain, window {w}", w,
-         lambda r: live_ood.take(r.choice(len(live_ood), w, replace=w > len(live_ood)))),
+        (
+            f"out-of-domain, window {w}",
+            w,
+            lambda r: live_ood.take(r.choice(len(live_ood), w, replace=w > len(live_ood))),
+        ),
         (f"mixed 30% out-of-domain, window {2 * w}", 2 * w, mixed(0.3)),
         (f"mixed 10% out-of-domain, window {2 * w}", 2 * w, mixed(0.1)),
-        (f"4x longer requests, window {w}", w,
-         lambda r: live_long.take(r.choice(len(live_long), w, replace=False))),
+        (
+            f"4x longer requests, window {w}",
+            w,
+            lambda r: live_long.take(r.choice(len(live_long), w, replace=False)),
+        ),
     ]
     results = {}
     for name, _, draw in scenarios:
@@ -137,14 +163,18 @@ def main() -> None:
             warns += report.level in ("warn", "alert")
         lo, hi = wilson(alerts, args.seeds)
         results[name] = alerts / args.seeds
-        print(f"{name:45s} alert {alerts / args.seeds:6.1%} [{lo:.1%}, {hi:.1%}]  "
-              f"warn-or-alert {warns / args.seeds:6.1%}  ({time.perf_counter() - t0:.0f} s)")
+        print(
+            f"{name:45s} alert {alerts / args.seeds:6.1%} [{lo:.1%}, {hi:.1%}]  "
+            f"warn-or-alert {warns / args.seeds:6.1%}  ({time.perf_counter() - t0:.0f} s)"
+        )
     null = [v for k, v in results.items() if k.startswith("in-domain, train mix")]
     as_is = [v for k, v in results.items() if k.startswith("in-domain, test.csv")]
     power = [v for k, v in results.items() if not k.startswith("in-domain")]
-    print(f"summary: {args.seeds} seeds; false-alarm rate (alert on in-domain) max {max(null):.1%} "
-          f"(test.csv as is: max {max(as_is):.1%}); detection power: out-of-domain {power[0]:.0%}, "
-          f"30% mixed {power[1]:.0%}, 10% mixed {power[2]:.0%}, 4x longer {power[3]:.0%}")
+    print(
+        f"summary: {args.seeds} seeds; false-alarm rate (alert on in-domain) max {max(null):.1%} "
+        f"(test.csv as is: max {max(as_is):.1%}); detection power: out-of-domain {power[0]:.0%}, "
+        f"30% mixed {power[1]:.0%}, 10% mixed {power[2]:.0%}, 4x longer {power[3]:.0%}"
+    )
 
 
 if __name__ == "__main__":

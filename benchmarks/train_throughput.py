@@ -22,10 +22,10 @@ import json
 import multiprocessing as mp
 import os
 import resource
-from queue import Empty
 import tempfile
 import time
 from pathlib import Path
+from queue import Empty
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "examples" / "banking77" / "train.csv"
@@ -56,29 +56,55 @@ def stock(args, queue) -> None:
     path = hf_directory(resolve_model("smollm2-135m-instruct"))
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    data = Dataset.from_list([
-        {"prompt": [{"role": "user", "content": r["text"]}], "completion": [{"role": "assistant", "content": r["category"]}]}
-        for r in rows(args.examples)
-    ])
+    data = Dataset.from_list(
+        [
+            {
+                "prompt": [{"role": "user", "content": r["text"]}],
+                "completion": [{"role": "assistant", "content": r["category"]}],
+            }
+            for r in rows(args.examples)
+        ]
+    )
     with tempfile.TemporaryDirectory() as out:
         config = SFTConfig(
-            output_dir=out, per_device_train_batch_size=args.batch_size, num_train_epochs=1,
-            learning_rate=1e-3, logging_steps=1, save_strategy="no", report_to="none", seed=42,
-            max_length=128, use_cpu=True, disable_tqdm=True,
+            output_dir=out,
+            per_device_train_batch_size=args.batch_size,
+            num_train_epochs=1,
+            learning_rate=1e-3,
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            seed=42,
+            max_length=128,
+            use_cpu=True,
+            disable_tqdm=True,
         )
-        trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer,
-                             peft_config=LoraConfig(task_type="CAUSAL_LM", **LORA))
+        trainer = SFTTrainer(
+            model=model,
+            args=config,
+            train_dataset=data,
+            processing_class=tokenizer,
+            peft_config=LoraConfig(task_type="CAUSAL_LM", **LORA),
+        )
         column = "labels" if "labels" in trainer.train_dataset.column_names else "completion_mask"
         supervised = sum(
-            sum(1 for v in x[column] if (v != -100 if column == "labels" else v == 1)) for x in trainer.train_dataset
+            sum(1 for v in x[column] if (v != -100 if column == "labels" else v == 1))
+            for x in trainer.train_dataset
         )
         began = time.perf_counter()
         output = trainer.train()
         seconds = time.perf_counter() - began
-    queue.put({"seconds": seconds, "supervised_tokens": supervised, "loss": _last_loss(trainer.state.log_history),
-               "peak_rss_mb": peak_rss_mb(), "steps": output.global_step,
-               "setup": f"bf16 autocast {config.bf16}, gradient checkpointing {config.gradient_checkpointing}, "
-                        f"weights {model.dtype}"})
+    queue.put(
+        {
+            "seconds": seconds,
+            "supervised_tokens": supervised,
+            "loss": _last_loss(trainer.state.log_history),
+            "peak_rss_mb": peak_rss_mb(),
+            "steps": output.global_step,
+            "setup": f"bf16 autocast {config.bf16}, gradient checkpointing {config.gradient_checkpointing}, "
+            f"weights {model.dtype}",
+        }
+    )
 
 
 def ours(args, queue) -> None:
@@ -89,27 +115,54 @@ def ours(args, queue) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "train.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in rows(args.examples)), encoding="utf-8")
-        config = parse_config({
-            "data": {"train": str(data), "input_field": "text", "output_field": "category",
-                     "val_fraction": 0.0, "test_fraction": 0.0},
-            "model": {"base": "smollm2-135m-instruct", "max_seq_len": 128},
-            "method": {"kind": "lora", "lora_r": LORA["r"], "lora_alpha": LORA["lora_alpha"],
-                       "lora_dropout": LORA["lora_dropout"]},
-            # The stock recipe's defaults: linear decay, no warmup, so both sides follow one schedule.
-            "train": {"epochs": 1, "batch_size": args.batch_size, "learning_rate": 1e-3, "log_every": 1,
-                      "lr_scheduler": "linear", "warmup_ratio": 0.0,
-                      "eval_every": 10_000, "threads": args.threads, "early_stopping_patience": None,
-                      **args.overrides},
-        })
+        config = parse_config(
+            {
+                "data": {
+                    "train": str(data),
+                    "input_field": "text",
+                    "output_field": "category",
+                    "val_fraction": 0.0,
+                    "test_fraction": 0.0,
+                },
+                "model": {"base": "smollm2-135m-instruct", "max_seq_len": 128},
+                "method": {
+                    "kind": "lora",
+                    "lora_r": LORA["r"],
+                    "lora_alpha": LORA["lora_alpha"],
+                    "lora_dropout": LORA["lora_dropout"],
+                },
+                # The stock recipe's defaults: linear decay, no warmup, so both sides follow one schedule.
+                "train": {
+                    "epochs": 1,
+                    "batch_size": args.batch_size,
+                    "learning_rate": 1e-3,
+                    "log_every": 1,
+                    "lr_scheduler": "linear",
+                    "warmup_ratio": 0.0,
+                    "eval_every": 10_000,
+                    "threads": args.threads,
+                    "early_stopping_patience": None,
+                    **args.overrides,
+                },
+            }
+        )
         began = time.perf_counter()
         result = train(config, Path(tmp) / "run")
         seconds = time.perf_counter() - began
         meta = result.meta
         lines = [json.loads(x) for x in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
-    queue.put({"seconds": meta["train_seconds"], "wall_with_setup": seconds, "supervised_tokens": meta["supervised_tokens"],
-               "loss": _last_loss(lines), "peak_rss_mb": peak_rss_mb(), "steps": meta["steps"],
-               "tokens": max(x.get("num_input_tokens_seen", 0) for x in lines),
-               "setup": f"precision {meta['precision']}, packing {config.train.packing}"})
+    queue.put(
+        {
+            "seconds": meta["train_seconds"],
+            "wall_with_setup": seconds,
+            "supervised_tokens": meta["supervised_tokens"],
+            "loss": _last_loss(lines),
+            "peak_rss_mb": peak_rss_mb(),
+            "steps": meta["steps"],
+            "tokens": max(x.get("num_input_tokens_seen", 0) for x in lines),
+            "setup": f"precision {meta['precision']}, packing {config.train.packing}",
+        }
+    )
 
 
 def _last_loss(history: list[dict]) -> float | None:
@@ -160,8 +213,9 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=160)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--ablation", action="store_true",
-                        help="also run (b) with its optimisations turned off one by one")
+    parser.add_argument(
+        "--ablation", action="store_true", help="also run (b) with its optimisations turned off one by one"
+    )
     args = parser.parse_args()
     args.overrides = {}
 
@@ -171,13 +225,17 @@ def main() -> None:
     if args.ablation:
         for label, overrides in ABLATIONS:
             r = run_side(ours, argparse.Namespace(**{**vars(args), "overrides": overrides}))
-            print(f"(b) {label}: {args.examples / r['seconds']:.2f} examples/s, peak RSS {r['peak_rss_mb']:.0f} MB, "
-                  f"final loss {r['loss']:.4f}")
+            print(
+                f"(b) {label}: {args.examples / r['seconds']:.2f} examples/s, peak RSS {r['peak_rss_mb']:.0f} MB, "
+                f"final loss {r['loss']:.4f}"
+            )
     n = args.examples
     for name, r in (("(a) stock TRL SFTTrainer + LoraConfig", a), ("(b) specialize train", b)):
-        print(f"{name}: {n / r['seconds']:.2f} examples/s, {r['supervised_tokens'] / r['seconds']:.1f} supervised tokens/s, "
-              f"peak RSS {r['peak_rss_mb']:.0f} MB, final loss {r['loss']:.4f}, {r['steps']} steps in {r['seconds']:.1f} s "
-              f"({r['setup']})")
+        print(
+            f"{name}: {n / r['seconds']:.2f} examples/s, {r['supervised_tokens'] / r['seconds']:.1f} supervised tokens/s, "
+            f"peak RSS {r['peak_rss_mb']:.0f} MB, final loss {r['loss']:.4f}, {r['steps']} steps in {r['seconds']:.1f} s "
+            f"({r['setup']})"
+        )
     # FLOPs of (b): forward 2*N per token and backward ~2*N per token for the input gradients
     # through the frozen body (LoRA's own gradients are negligible), plus the LM head only at the
     # kept (reply) positions, forward and backward: 6*V*d per supervised token.
@@ -189,12 +247,16 @@ def main() -> None:
     flops = 4 * body * b["tokens"] + 6 * embed.numel() * b["supervised_tokens"]
     achieved = flops / b["seconds"] / 1e9
     peak = peaks["bfloat16" if "bf16" in b["setup"] else "float32"]
-    print(f"matmul peak here: fp32 {peaks['float32']:.1f}, bf16 {peaks['bfloat16']:.1f} GFLOP/s; (b) achieved "
-          f"{achieved:.1f} GFLOP/s = MFU {achieved / peak:.1%} of the {b['setup'].split(',')[0]} peak "
-          f"({achieved / peaks['float32']:.1%} of fp32)")
+    print(
+        f"matmul peak here: fp32 {peaks['float32']:.1f}, bf16 {peaks['bfloat16']:.1f} GFLOP/s; (b) achieved "
+        f"{achieved:.1f} GFLOP/s = MFU {achieved / peak:.1%} of the {b['setup'].split(',')[0]} peak "
+        f"({achieved / peaks['float32']:.1%} of fp32)"
+    )
     ratio = (n / b["seconds"]) / (n / a["seconds"])
-    print(f"RESULT examples/s ratio (b)/(a) = {ratio:.2f}x; peak RSS (b)/(a) = {b['peak_rss_mb'] / a['peak_rss_mb']:.2f}; "
-          f"final loss (a) {a['loss']:.4f} vs (b) {b['loss']:.4f}")
+    print(
+        f"RESULT examples/s ratio (b)/(a) = {ratio:.2f}x; peak RSS (b)/(a) = {b['peak_rss_mb'] / a['peak_rss_mb']:.2f}; "
+        f"final loss (a) {a['loss']:.4f} vs (b) {b['loss']:.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -81,7 +81,13 @@ def make_tiny_model(tokenizer, seed: int = 0):
 
 
 def make_adapter_run(
-    root: Path, model_dir: Path, *, seed: int, rank: int = 4, run_json: bool = True, fingerprint: str | None = None
+    root: Path,
+    model_dir: Path,
+    *,
+    seed: int,
+    rank: int = 4,
+    run_json: bool = True,
+    fingerprint: str | None = None,
 ) -> Path:
     """A run-like directory: adapter/ (a random PEFT LoRA on the tiny model, large enough to change
     the outputs) and, unless `run_json=False`, run.json naming the base and its fingerprint."""

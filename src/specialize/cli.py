@@ -24,8 +24,12 @@ app = typer.Typer(
 )
 
 
-DataOpt = Annotated[Path | None, typer.Option("--data", help="Training examples (.jsonl/.json/.csv/.parquet).")]
-ModelOpt = Annotated[str | None, typer.Option("--model", help="Base model: bundled alias, HF dir, .gguf, hub id.")]
+DataOpt = Annotated[
+    Path | None, typer.Option("--data", help="Training examples (.jsonl/.json/.csv/.parquet).")
+]
+ModelOpt = Annotated[
+    str | None, typer.Option("--model", help="Base model: bundled alias, HF dir, .gguf, hub id.")
+]
 InputFieldOpt = Annotated[str | None, typer.Option("--input-field", help="Column holding the request.")]
 OutputFieldOpt = Annotated[str | None, typer.Option("--output-field", help="Column holding the answer.")]
 
@@ -34,7 +38,9 @@ OutputFieldOpt = Annotated[str | None, typer.Option("--output-field", help="Colu
 @user_errors
 def check(
     data: Annotated[Path, typer.Argument(help="Examples to check.")],
-    test: Annotated[Path | None, typer.Option("--test", help="Held-out test file, checked for leakage.")] = None,
+    test: Annotated[
+        Path | None, typer.Option("--test", help="Held-out test file, checked for leakage.")
+    ] = None,
     input_field: InputFieldOpt = None,
     output_field: OutputFieldOpt = None,
     system_prompt: Annotated[str | None, typer.Option(help="System message for every example.")] = None,
@@ -42,9 +48,15 @@ def check(
     model: ModelOpt = None,
     max_seq_len: Annotated[int, typer.Option(help="Rows longer than this would be truncated.")] = 256,
     epochs: Annotated[float, typer.Option(help="Epochs, for the time and cost estimate.")] = 1.0,
-    no_tokens: Annotated[bool, typer.Option("--no-tokens", help="Skip token statistics (no model needed).")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of tables.")] = False,
-    report: Annotated[Path | None, typer.Option("--report", help="Also write the JSON report to this file.")] = None,
+    no_tokens: Annotated[
+        bool, typer.Option("--no-tokens", help="Skip token statistics (no model needed).")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the report as JSON instead of tables.")
+    ] = False,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="Also write the JSON report to this file.")
+    ] = None,
 ) -> None:
     """Validate examples: errors with file:line, duplicates, leakage, balance, tokens, cost."""
     quiet_libraries()
@@ -52,9 +64,15 @@ def check(
     from specialize.render import render_data_report
 
     result = check_data(
-        data, test=test, input_field=input_field, output_field=output_field, system_prompt=system_prompt,
-        prompt_template=prompt_template, model=None if no_tokens else (model or "smollm2-135m-instruct"),
-        max_seq_len=max_seq_len, epochs=epochs,
+        data,
+        test=test,
+        input_field=input_field,
+        output_field=output_field,
+        system_prompt=system_prompt,
+        prompt_template=prompt_template,
+        model=None if no_tokens else (model or "smollm2-135m-instruct"),
+        max_seq_len=max_seq_len,
+        epochs=epochs,
     )
     if report is not None:
         from specialize.config import atomic_write_text
@@ -81,7 +99,9 @@ def train(
     epochs: Annotated[float | None, typer.Option(help="Training epochs.")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
     max_train_examples: Annotated[int | None, typer.Option(help="Use at most this many rows.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")
+    ] = False,
 ) -> None:
     """Fine-tune the base model (LoRA by default) and write a run directory."""
     quiet_libraries()
@@ -90,9 +110,14 @@ def train(
     if out is None:
         raise typer.BadParameter("--out is required (the run directory, e.g. runs/my-task)")
     overrides = {
-        "data.train": str(data) if data else None, "data.test": str(test) if test else None,
-        "data.input_field": input_field, "data.output_field": output_field, "model.base": model,
-        "method.kind": method, "train.epochs": epochs, "train.max_steps": max_steps,
+        "data.train": str(data) if data else None,
+        "data.test": str(test) if test else None,
+        "data.input_field": input_field,
+        "data.output_field": output_field,
+        "model.base": model,
+        "method.kind": method,
+        "train.epochs": epochs,
+        "train.max_steps": max_steps,
         "data.max_train_examples": max_train_examples,
     }
     run_config = resolve_run_config(config, overrides, name=out.name)
@@ -112,7 +137,9 @@ def generate(
     from specialize.inference import load_run
 
     trained = load_run(run)
-    replies = run_generate(trained.loaded, [trained.messages_for(t) for t in text], max_new_tokens=max_new_tokens)
+    replies = run_generate(
+        trained.loaded, [trained.messages_for(t) for t in text], max_new_tokens=max_new_tokens
+    )
     for reply in replies:
         console.print(reply.text, highlight=False, markup=False)
 
@@ -145,7 +172,9 @@ def chat(
 @user_errors
 def eval_command(
     run: Annotated[Path, typer.Argument(help="A trained run directory.")],
-    max_test_examples: Annotated[int | None, typer.Option(help="Evaluate on at most this many test rows.")] = None,
+    max_test_examples: Annotated[
+        int | None, typer.Option(help="Evaluate on at most this many test rows.")
+    ] = None,
 ) -> None:
     """Fine-tuned model vs zero-shot and few-shot prompting: quality, tokens, latency, cost."""
     quiet_libraries()
@@ -162,7 +191,9 @@ def eval_command(
 @user_errors
 def run_command(
     config: Annotated[Path, typer.Argument(help="Run config (YAML).")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default: runs/<name>).")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Run directory (default: runs/<name>).")
+    ] = None,
 ) -> None:
     """check -> train -> eval in one go, from one config file."""
     quiet_libraries()
@@ -206,8 +237,6 @@ def _train_and_report(run_config: Any, out: Path, *, resume: bool = False) -> bo
 
 def _fmt(value: Any, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
-
-
 
 
 # Command groups that live in their own modules.

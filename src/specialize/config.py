@@ -26,7 +26,9 @@ class _Section(BaseModel):
 
 class DataConfig(_Section):
     train: str | None = Field(None, description="Training examples: .jsonl, .json, .csv or .parquet.")
-    test: str | None = Field(None, description="Held-out test file; when absent a test split is cut from train.")
+    test: str | None = Field(
+        None, description="Held-out test file; when absent a test split is cut from train."
+    )
     input_field: str | None = Field(None, description="Column holding the request (for two-column data).")
     output_field: str | None = Field(None, description="Column holding the answer (for two-column data).")
     system_prompt: str | None = Field(None, description="System message added to every example.")
@@ -48,14 +50,18 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     base: str = Field(DEFAULT_MODEL, description="Bundled alias, HF directory, .gguf file or cached hub id.")
     max_seq_len: int = Field(256, ge=8, le=131072, description="Longer examples are truncated.")
-    dtype: Literal["auto", "f32", "f16", "bf16"] = Field("auto", description="auto: fp32 on CPU, bf16 on CUDA.")
+    dtype: Literal["auto", "f32", "f16", "bf16"] = Field(
+        "auto", description="auto: fp32 on CPU, bf16 on CUDA."
+    )
 
 
 class MethodConfig(_Section):
     kind: Literal["lora", "full"] = Field("lora", description="LoRA adapter (default) or full fine-tuning.")
     lora_r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
     lora_alpha: float = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
-    lora_dropout: float = Field(0.0, ge=0, lt=1, description="0 skips the dropout copy of every input: faster, less memory.")
+    lora_dropout: float = Field(
+        0.0, ge=0, lt=1, description="0 skips the dropout copy of every input: faster, less memory."
+    )
     target_modules: str | list[str] = Field(
         "all-linear", description="Modules to adapt; 'all-linear' = every linear layer but the LM head."
     )
@@ -106,7 +112,9 @@ class EvalConfig(_Section):
     few_shot_selection: Literal["random", "similar"] = "similar"
     zero_shot_prompt: str | None = Field(None, description="File with your own zero-shot instruction.")
     batch_size: int = Field(16, ge=1)
-    max_new_tokens: int | None = Field(None, ge=1, description="Default: p99 of training completions + margin.")
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="Default: p99 of training completions + margin."
+    )
     latency_samples: int = Field(8, ge=0, description="Requests timed one by one at batch size 1.")
     constrained: bool = Field(
         True, description="Also measure every contender decoding under the run's output contract."

@@ -88,17 +88,36 @@ def render_eval_table(console: Console, report: dict) -> None:
         summary_rows,
     )
 
-    table = Table(title=f"{report['task']} task, {report['test_rows']} held-out test rows", title_justify="left")
-    for col in ("contender", "metric", "value [95% CI]", "invalid", "in tok", "out tok", "p50 ms", "req/s",
-                "$/1k req", "break-even"):
+    table = Table(
+        title=f"{report['task']} task, {report['test_rows']} held-out test rows", title_justify="left"
+    )
+    for col in (
+        "contender",
+        "metric",
+        "value [95% CI]",
+        "invalid",
+        "in tok",
+        "out tok",
+        "p50 ms",
+        "req/s",
+        "$/1k req",
+        "break-even",
+    ):
         table.add_column(col, justify="left" if col in ("contender", "metric") else "right")
     for r in summary_rows(report):
         style = "bold green" if r["contender"] == "fine-tuned" else None
         table.add_row(
-            r["contender"], r["metric"], f"{_f(r['value'])} [{_f(r['ci_low'])}, {_f(r['ci_high'])}]",
-            _f(r["invalid"]), _f(r["prompt_tokens"], 1), _f(r["completion_tokens"], 1),
-            _f(r["latency_p50_ms"], 0), _f(r["requests_per_s"], 2), _f(r["cost_per_1k"], 4),
-            "-" if r["break_even"] is None else f"{int(r['break_even']):,}", style=style,
+            r["contender"],
+            r["metric"],
+            f"{_f(r['value'])} [{_f(r['ci_low'])}, {_f(r['ci_high'])}]",
+            _f(r["invalid"]),
+            _f(r["prompt_tokens"], 1),
+            _f(r["completion_tokens"], 1),
+            _f(r["latency_p50_ms"], 0),
+            _f(r["requests_per_s"], 2),
+            _f(r["cost_per_1k"], 4),
+            "-" if r["break_even"] is None else f"{int(r['break_even']):,}",
+            style=style,
         )
     console.print(table)
     constrained = constraint_rows(report)
@@ -125,7 +144,9 @@ def render_eval_table(console: Console, report: dict) -> None:
 
 def _mark(prediction: str, reference: str) -> Text:
     """The answer in green when it is exactly the expected one, red otherwise."""
-    return Text(prediction[:60] or "(empty)", style="green" if prediction.strip() == reference.strip() else "red")
+    return Text(
+        prediction[:60] or "(empty)", style="green" if prediction.strip() == reference.strip() else "red"
+    )
 
 
 @contextmanager

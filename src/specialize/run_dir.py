@@ -64,7 +64,9 @@ class RunDir:
 
     def config(self) -> RunConfig:
         if not self.config_file.is_file():
-            raise RunError(f"{self.path}: not a run directory (no config.yaml); train one with `specialize train`")
+            raise RunError(
+                f"{self.path}: not a run directory (no config.yaml); train one with `specialize train`"
+            )
         return load_config(self.config_file)
 
     def meta(self) -> dict[str, Any]:
@@ -82,8 +84,7 @@ class RunDir:
         if (self.full_model / "config.json").is_file():
             return self.full_model
         raise RunError(
-            f"{self.path}: no trained weights (neither adapter/ nor model/); "
-            "has `specialize train` finished?"
+            f"{self.path}: no trained weights (neither adapter/ nor model/); has `specialize train` finished?"
         )
 
 

@@ -27,21 +27,40 @@ def test_gguf_is_converted_once_to_a_plain_checkpoint(bundled):
     config = json.loads((path / "config.json").read_text())
     assert "quantization_config" not in config and config["model_type"] == "llama"
     assert bundled.model.dtype == torch.float32
-    reply = generate(bundled, [[{"role": "user", "content": "What is the capital of France?"}]], max_new_tokens=12)
+    reply = generate(
+        bundled, [[{"role": "user", "content": "What is the capital of France?"}]], max_new_tokens=12
+    )
     assert "Paris" in reply[0].text
 
 
 def test_lora_fine_tune_a_few_steps_and_reload(bundled, tmp_path):
-    rows = [{"text": f"I still have not received my new card, order {i}", "label": "card_arrival"} if i % 2 else
-            {"text": f"What exchange rate do you use for transfer {i}?", "label": "exchange_rate"} for i in range(24)]
+    rows = [
+        {"text": f"I still have not received my new card, order {i}", "label": "card_arrival"}
+        if i % 2
+        else {"text": f"What exchange rate do you use for transfer {i}?", "label": "exchange_rate"}
+        for i in range(24)
+    ]
     data = tmp_path / "d.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows))
-    config = parse_config({
-        "data": {"train": str(data), "input_field": "text", "output_field": "label", "val_fraction": 0.1,
-                 "test_fraction": 0.1},
-        "model": {"base": "smollm2-135m-instruct", "max_seq_len": 64},
-        "train": {"max_steps": 3, "batch_size": 4, "learning_rate": 1e-3, "eval_every": 3, "log_every": 1},
-    })
+    config = parse_config(
+        {
+            "data": {
+                "train": str(data),
+                "input_field": "text",
+                "output_field": "label",
+                "val_fraction": 0.1,
+                "test_fraction": 0.1,
+            },
+            "model": {"base": "smollm2-135m-instruct", "max_seq_len": 64},
+            "train": {
+                "max_steps": 3,
+                "batch_size": 4,
+                "learning_rate": 1e-3,
+                "eval_every": 3,
+                "log_every": 1,
+            },
+        }
+    )
     result = train(config, tmp_path / "run")
     assert result.meta["steps"] == 3 and result.meta["base_model"]["model_id"] == "smollm2-135m-instruct"
     size = (tmp_path / "run" / "adapter" / "adapter_model.safetensors").stat().st_size

@@ -26,34 +26,76 @@ ENTRY = Path(__file__).with_name("ddp_entry.py")
 
 def _config(model_dir: Path, data: Path, batch_size: int) -> dict:
     return {
-        "data": {"train": str(data), "input_field": "text", "output_field": "label",
-                 "val_fraction": 0.0, "test_fraction": 0.0},
+        "data": {
+            "train": str(data),
+            "input_field": "text",
+            "output_field": "label",
+            "val_fraction": 0.0,
+            "test_fraction": 0.0,
+        },
         "model": {"base": str(model_dir), "max_seq_len": 64},
         # fp32: bf16 rounding would differ between the two runs' batch layouts.
-        "train": {"epochs": 1, "batch_size": batch_size, "learning_rate": 5e-3, "log_every": 1,
-                  "warmup_ratio": 0.0, "early_stopping_patience": None, "threads": 1, "precision": "fp32"},
+        "train": {
+            "epochs": 1,
+            "batch_size": batch_size,
+            "learning_rate": 5e-3,
+            "log_every": 1,
+            "warmup_ratio": 0.0,
+            "early_stopping_patience": None,
+            "threads": 1,
+            "precision": "fp32",
+        },
     }
 
 
 @pytest.mark.timeout(300)
 def test_two_processes_train_like_one_and_only_rank_zero_writes(tiny_model_dir, tmp_path):
     data = tmp_path / "train.jsonl"
-    data.write_text("".join(
-        json.dumps({"text": f"message {i} about {LABELS[i % 4]}", "label": LABELS[i % 4]}) + "\n" for i in range(32)
-    ))
+    data.write_text(
+        "".join(
+            json.dumps({"text": f"message {i} about {LABELS[i % 4]}", "label": LABELS[i % 4]}) + "\n"
+            for i in range(32)
+        )
+    )
     single = train(parse_config(_config(tiny_model_dir, data, batch_size=4)), tmp_path / "single")
 
     config = tmp_path / "ddp.yaml"
     config.write_text(yaml.safe_dump(_config(tiny_model_dir, data, batch_size=2)))
     run_dir, logs = tmp_path / "ddp", tmp_path / "writes"
     logs.mkdir()
-    env = {**os.environ, "SPECIALIZE_TEST_RUN_DIR": str(run_dir), "SPECIALIZE_TEST_WRITES": str(logs),
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "SPECIALIZE_TEST_RUN_DIR": str(run_dir),
+        "SPECIALIZE_TEST_WRITES": str(logs),
+        "OMP_NUM_THREADS": "1",
+    }
     launched = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-         str(ENTRY), "train", "--config", str(config), "--out", str(run_dir)],
-        env=env, capture_output=True, text=True, timeout=280,
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            "0",
+            str(ENTRY),
+            "train",
+            "--config",
+            str(config),
+            "--out",
+            str(run_dir),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
     )
     assert launched.returncode == 0, launched.stderr[-3000:]
 
@@ -64,7 +106,9 @@ def test_two_processes_train_like_one_and_only_rank_zero_writes(tiny_model_dir, 
     # (rng_state_1.pth, so that a resumed run continues identically) after making sure the
     # checkpoint dir exists. torch.save writes from C++, so only that mkdir shows up here.
     checkpoints = str(run_dir / "checkpoints" / "checkpoint-")
-    assert all(line.startswith(f"os.mkdir {checkpoints}") for line in rank1[:-1]), f"rank 1 wrote: {rank1[:5]}"
+    assert all(line.startswith(f"os.mkdir {checkpoints}") for line in rank1[:-1]), (
+        f"rank 1 wrote: {rank1[:5]}"
+    )
     assert list(run_dir.glob("checkpoints/checkpoint-*/rng_state_1.pth"))
     assert any("adapter" in line for line in rank0) and any("run.json" in line for line in rank0)
     assert launched.stdout.count("trained ") == 1, "only rank 0 reports"

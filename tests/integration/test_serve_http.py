@@ -77,7 +77,10 @@ def submit_chats(pool, client, jobs):
     """Send each (model, prompt) job as a greedy chat request from the pool; futures by job."""
     return {
         job: pool.submit(
-            client.chat.completions.create, model=job[0], messages=[{"role": "user", "content": job[1]}], **GREEDY
+            client.chat.completions.create,
+            model=job[0],
+            messages=[{"role": "user", "content": job[1]}],
+            **GREEDY,
         )
         for job in jobs
     }
@@ -506,7 +509,9 @@ def test_adapter_drift_endpoint(tiny_model_dir, registry_dir, tmp_path):
     from specialize.monitor.profile import profile_from_examples
 
     texts = [f"My card payment number {i} was declined at the shop" for i in range(60)]
-    examples = [Example([{"role": "user", "content": t}], "declined", Source("t", i)) for i, t in enumerate(texts)]
+    examples = [
+        Example([{"role": "user", "content": t}], "declined", Source("t", i)) for i, t in enumerate(texts)
+    ]
     profile = profile_from_examples(examples, task="classification", labels=["declined"], embedder="hashed")
     run_root = registry_dir.parent / "alpha"
     (run_root / "profile.json").write_text(json.dumps(profile))
@@ -517,7 +522,12 @@ def test_adapter_drift_endpoint(tiny_model_dir, registry_dir, tmp_path):
             body = {"model": "alpha", "max_tokens": 2, "temperature": 0}
             for text in texts[:35]:
                 msg = [{"role": "user", "content": text}]
-                assert httpx.post(f"{url}/v1/chat/completions", json={**body, "messages": msg}, timeout=60).status_code == 200
+                assert (
+                    httpx.post(
+                        f"{url}/v1/chat/completions", json={**body, "messages": msg}, timeout=60
+                    ).status_code
+                    == 200
+                )
             report = httpx.get(f"{url}/v1/adapters/alpha/drift", params={"window": 100}, timeout=120).json()
             assert report["level"] in {"ok", "warn", "alert"} and report["checks"]
             missing = httpx.get(f"{url}/v1/adapters/beta/drift", timeout=60)

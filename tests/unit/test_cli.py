@@ -35,8 +35,21 @@ def test_check_table_and_clean_data_exit_zero(tmp_path, tiny_model_dir):
     data = tmp_path / "ok.csv"
     data.write_text("text,label\n" + "".join(f"request {i},{'a' if i % 2 else 'b'}\n" for i in range(20)))
     report = tmp_path / "report.json"
-    result = runner.invoke(app, ["check", str(data), "--input-field", "text", "--output-field", "label",
-                                 "--model", str(tiny_model_dir), "--report", str(report)])
+    result = runner.invoke(
+        app,
+        [
+            "check",
+            str(data),
+            "--input-field",
+            "text",
+            "--output-field",
+            "label",
+            "--model",
+            str(tiny_model_dir),
+            "--report",
+            str(report),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "Data check" in result.output and "p95" in result.output
     saved = json.loads(report.read_text())
@@ -63,10 +76,14 @@ def test_train_needs_data(tmp_path):
 
 def test_generate_with_the_trained_run(tmp_path, tiny_model_dir):
     data = tmp_path / "d.jsonl"
-    data.write_text("".join(json.dumps({"input": f"q {i}", "output": "yes" if i % 2 else "no"}) + "\n" for i in range(20)))
+    data.write_text(
+        "".join(json.dumps({"input": f"q {i}", "output": "yes" if i % 2 else "no"}) + "\n" for i in range(20))
+    )
     out = tmp_path / "run"
-    trained = runner.invoke(app, ["train", "--data", str(data), "--model", str(tiny_model_dir), "--out", str(out),
-                                  "--max-steps", "2"])
+    trained = runner.invoke(
+        app,
+        ["train", "--data", str(data), "--model", str(tiny_model_dir), "--out", str(out), "--max-steps", "2"],
+    )
     assert trained.exit_code == 0, trained.output
     result = runner.invoke(app, ["generate", str(out), "hello", "--max-new-tokens", "3"])
     assert result.exit_code == 0, result.output

@@ -12,10 +12,15 @@ from ..conftest import make_tiny_model
 
 
 def encoded_batch(tokenizer):
-    rows = [("short", "alpha"), ("a much longer request with many more words in it", "beta gamma"),
-            ("medium sized request", '{"k": 1}')]
-    return [encode(tokenizer, Example([{"role": "user", "content": q}], a, Source("t", i)), 64)
-            for i, (q, a) in enumerate(rows)]
+    rows = [
+        ("short", "alpha"),
+        ("a much longer request with many more words in it", "beta gamma"),
+        ("medium sized request", '{"k": 1}'),
+    ]
+    return [
+        encode(tokenizer, Example([{"role": "user", "content": q}], a, Source("t", i)), 64)
+        for i, (q, a) in enumerate(rows)
+    ]
 
 
 def stock_loss(model, encoded):
@@ -34,7 +39,9 @@ def stock_loss(model, encoded):
 def test_left_padded_kept_logits_loss_equals_stock_loss(tiny_tokenizer):
     model = make_tiny_model(tiny_tokenizer).eval()
     encoded = encoded_batch(tiny_tokenizer)
-    batch = CompletionCollator(tiny_tokenizer.pad_token_id)([{"input_ids": e.input_ids, "labels": e.labels} for e in encoded])
+    batch = CompletionCollator(tiny_tokenizer.pad_token_id)(
+        [{"input_ids": e.input_ids, "labels": e.labels} for e in encoded]
+    )
     labels = batch.pop("labels")
     assert batch["logits_to_keep"] < batch["input_ids"].shape[1], "only the reply positions are kept"
     ours = supervised_loss(model(**batch), labels)
@@ -68,7 +75,9 @@ def test_masked_prompt_tokens_contribute_no_gradient(tiny_tokenizer):
         loss.backward()
         return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
-    batch = CompletionCollator(tiny_tokenizer.pad_token_id)([{"input_ids": e.input_ids, "labels": e.labels} for e in encoded])
+    batch = CompletionCollator(tiny_tokenizer.pad_token_id)(
+        [{"input_ids": e.input_ids, "labels": e.labels} for e in encoded]
+    )
     labels = batch.pop("labels")
     ours = grads(supervised_loss(model(**batch), labels))
     masked = grads(stock_loss(model, encoded))
@@ -102,9 +111,13 @@ def test_rows_are_bounded_and_the_loss_does_not_change(tiny_tokenizer):
 
     model = make_tiny_model(tiny_tokenizer).eval()
     encoded = encoded_batch(tiny_tokenizer) * 3
-    batch = PackedCollator(tiny_tokenizer.pad_token_id, row_tokens=40)([{"input_ids": e.input_ids, "labels": e.labels} for e in encoded])
+    batch = PackedCollator(tiny_tokenizer.pad_token_id, row_tokens=40)(
+        [{"input_ids": e.input_ids, "labels": e.labels} for e in encoded]
+    )
     longest = max(len(e.input_ids) for e in encoded)
     assert batch["input_ids"].shape[0] > 1 and batch["input_ids"].shape[1] <= max(40, longest)
     labels = batch.pop("labels")
     assert int((labels != IGNORE_INDEX).sum()) == sum(e.completion_len for e in encoded)
-    torch.testing.assert_close(supervised_loss(model(**batch), labels), stock_loss(model, encoded), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        supervised_loss(model(**batch), labels), stock_loss(model, encoded), rtol=1e-5, atol=1e-5
+    )

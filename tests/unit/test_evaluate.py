@@ -54,10 +54,15 @@ def run_cli(config: Path, out: Path):
 
 
 def test_classification_report_is_complete(tiny_model_dir, tmp_path):
-    rows = [{"text": f"query {i} about {lab}", "intent": lab}
-            for i in range(60) for lab in [["card", "loan", "fees"][i % 3]]]
-    report, output = run_cli(write_config(tmp_path, tiny_model_dir, rows, input_field="text", output_field="intent"),
-                             tmp_path / "run")
+    rows = [
+        {"text": f"query {i} about {lab}", "intent": lab}
+        for i in range(60)
+        for lab in [["card", "loan", "fees"][i % 3]]
+    ]
+    report, output = run_cli(
+        write_config(tmp_path, tiny_model_dir, rows, input_field="text", output_field="intent"),
+        tmp_path / "run",
+    )
     assert report["task"] == "classification"
     names = [c["name"] for c in report["contenders"]]
     assert names == ["zero-shot", "few-shot (k=2)", "fine-tuned"]
@@ -75,9 +80,14 @@ def test_classification_report_is_complete(tiny_model_dir, tmp_path):
         assert set(con["predictions"]) <= {"card", "fees", "loan"} and con["invalid_constrained"] == 0
         assert con["incomplete"] == 0 and con["primary_change"]["metric"] == "accuracy"
         assert con["prevented_share"] == (1.0 if con["invalid_free"] else None)
-        assert con["latency_overhead"] > 0 and con["quality"]["ci95"]["accuracy"]["ci_low"] <= con["quality"]["primary_value"]
-    assert "valid replies" in report["headline"] and "Under the output contract (labels)" in (
-        tmp_path / "run" / "eval" / "report.md").read_text()
+        assert (
+            con["latency_overhead"] > 0
+            and con["quality"]["ci95"]["accuracy"]["ci_low"] <= con["quality"]["primary_value"]
+        )
+    assert (
+        "valid replies" in report["headline"]
+        and "Under the output contract (labels)" in (tmp_path / "run" / "eval" / "report.md").read_text()
+    )
     zero, few, tuned = report["contenders"]
     assert tuned["tokens"]["prompt_mean"] < zero["tokens"]["prompt_mean"] < few["tokens"]["prompt_mean"]
     assert report["comparison"]["name"] == "mcnemar" and report["comparison"]["best_baseline"] in names
@@ -88,7 +98,9 @@ def test_classification_report_is_complete(tiny_model_dir, tmp_path):
     parser = _Collect()
     parser.feed((tmp_path / "run" / "eval" / "report.html").read_text())
     assert {f"plot-{name}" for name in PLOTS} <= parser.ids
-    assert len(parser.images) == len(PLOTS) and all(src.startswith("data:image/png;base64,") for src in parser.images)
+    assert len(parser.images) == len(PLOTS) and all(
+        src.startswith("data:image/png;base64,") for src in parser.images
+    )
     assert parser.rows == 2 * (1 + len(names)), "the summary and the constrained table"
     assert "constrained" in parser.ids
     md = (tmp_path / "run" / "eval" / "report.md").read_text()
@@ -96,10 +108,20 @@ def test_classification_report_is_complete(tiny_model_dir, tmp_path):
 
 
 def test_json_extraction_dataset_gets_json_metrics(tiny_model_dir, tmp_path):
-    rows = [{"input": f"{name} is {age} years old and lives in {city}",
-             "output": {"name": name, "age": age, "city": city}}
-            for name, age, city in [("Ada", 36, "London"), ("Alan", 41, "Manchester"), ("Grace", 85, "New York"),
-                                    ("Linus", 54, "Portland"), ("Edsger", 72, "Austin")] * 8]
+    rows = [
+        {
+            "input": f"{name} is {age} years old and lives in {city}",
+            "output": {"name": name, "age": age, "city": city},
+        }
+        for name, age, city in [
+            ("Ada", 36, "London"),
+            ("Alan", 41, "Manchester"),
+            ("Grace", 85, "New York"),
+            ("Linus", 54, "Portland"),
+            ("Edsger", 72, "Austin"),
+        ]
+        * 8
+    ]
     report, _ = run_cli(write_config(tmp_path, tiny_model_dir, rows), tmp_path / "run")
     assert report["task"] == "json"
     values = report["contenders"][-1]["quality"]["values"]
@@ -107,7 +129,11 @@ def test_json_extraction_dataset_gets_json_metrics(tiny_model_dir, tmp_path):
     assert {"parse_rate", "exact_match", "field_f1"} <= set(values)
     assert report["labels"] is None
     schema = report["output_contract"]["schema"]
-    assert report["output_contract"]["kind"] == "json_schema" and set(schema["required"]) == {"name", "age", "city"}
+    assert report["output_contract"]["kind"] == "json_schema" and set(schema["required"]) == {
+        "name",
+        "age",
+        "city",
+    }
     for c in report["contenders"]:
         con = c["constrained"]
         # A random model runs out of tokens inside strings: exactly the unfinished replies are invalid
@@ -117,12 +143,19 @@ def test_json_extraction_dataset_gets_json_metrics(tiny_model_dir, tmp_path):
 
 def test_free_text_dataset_gets_text_metrics(tiny_model_dir, tmp_path):
     words = "the quick brown fox jumps over the lazy dog while my card payment was declined".split()
-    rows = [{"prompt": f"Rewrite politely: {' '.join(words[i % 7:i % 7 + 5])} number {i}",
-             "completion": f"Could you please {' '.join(words[(i * 3) % 9:(i * 3) % 9 + 4])}, {i}?"} for i in range(40)]
+    rows = [
+        {
+            "prompt": f"Rewrite politely: {' '.join(words[i % 7 : i % 7 + 5])} number {i}",
+            "completion": f"Could you please {' '.join(words[(i * 3) % 9 : (i * 3) % 9 + 4])}, {i}?",
+        }
+        for i in range(40)
+    ]
     report, _ = run_cli(write_config(tmp_path, tiny_model_dir, rows), tmp_path / "run")
     assert report["task"] == "text"
     quality = report["contenders"][-1]["quality"]
-    assert quality["primary"] == "rougeL" and {"rougeL", "chrf", "bleu", "exact_match"} <= set(quality["values"])
+    assert quality["primary"] == "rougeL" and {"rougeL", "chrf", "bleu", "exact_match"} <= set(
+        quality["values"]
+    )
     assert report["comparison"]["name"] != "mcnemar"
     assert report["output_contract"] == {"kind": "none"}
     assert all("constrained" not in c for c in report["contenders"]), "free text has no contract to enforce"

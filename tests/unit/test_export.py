@@ -18,8 +18,12 @@ from specialize.export.peft_dir import base_model_name
 from specialize.models.registry import resolve_model
 
 LABELS = ["card_arrival", "exchange_rate", "top_up_by_cheque"]
-REQUESTS = ["I am still waiting on my card?", "What is the exchange rate?", "How do I top up with a cheque?",
-            "My card payment was declined."]
+REQUESTS = [
+    "I am still waiting on my card?",
+    "What is the exchange rate?",
+    "How do I top up with a cheque?",
+    "My card payment was declined.",
+]
 
 
 def _write_run(path: Path, base_dir: Path, *, kind: str = "lora", headline: dict | None = None) -> Path:
@@ -32,15 +36,26 @@ def _write_run(path: Path, base_dir: Path, *, kind: str = "lora", headline: dict
     )
     save_config(config, path / "config.yaml")
     meta = {
-        "base_model": resolve_model(str(base_dir)).to_dict(), "method": kind, "task": "classification",
-        "labels": LABELS, "examples": {"train": 40, "val": 5, "test": len(REQUESTS)}, "steps": 3,
-        "train_loss": 1.25, "val_loss": 1.5,
+        "base_model": resolve_model(str(base_dir)).to_dict(),
+        "method": kind,
+        "task": "classification",
+        "labels": LABELS,
+        "examples": {"train": 40, "val": 5, "test": len(REQUESTS)},
+        "steps": 3,
+        "train_loss": 1.25,
+        "val_loss": 1.5,
     }
     (path / "run.json").write_text(json.dumps(meta))
     (path / "splits").mkdir()
     rows = [
-        Example([{"role": "system", "content": "Classify the banking request."}, {"role": "user", "content": text}],
-                LABELS[i % len(LABELS)], Source("test.jsonl", i + 1)).to_dict()
+        Example(
+            [
+                {"role": "system", "content": "Classify the banking request."},
+                {"role": "user", "content": text},
+            ],
+            LABELS[i % len(LABELS)],
+            Source("test.jsonl", i + 1),
+        ).to_dict()
         for i, text in enumerate(REQUESTS)
     ]
     (path / "splits" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -58,8 +73,9 @@ def _make_adapter(base_dir: Path, target: Path, seed: int = 1) -> None:
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base_dir)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
-                                                  task_type="CAUSAL_LM"))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
+    )
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
             if "lora_B" in name:
@@ -69,8 +85,11 @@ def _make_adapter(base_dir: Path, target: Path, seed: int = 1) -> None:
 
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory, tiny_model_dir) -> Path:
-    run = _write_run(tmp_path_factory.mktemp("runs") / "tiny-spec", tiny_model_dir,
-                     headline={"accuracy": 0.875, "vs_few_shot": "+0.31"})
+    run = _write_run(
+        tmp_path_factory.mktemp("runs") / "tiny-spec",
+        tiny_model_dir,
+        headline={"accuracy": 0.875, "vs_few_shot": "+0.31"},
+    )
     _make_adapter(tiny_model_dir, run / "adapter")
     return run
 
@@ -140,8 +159,15 @@ def test_merged_equals_base_plus_adapter(lora_run, tiny_model_dir, tiny_tokenize
     assert AutoTokenizer.from_pretrained(result.out).chat_template == tiny_tokenizer.chat_template
 
     card = (result.out / "README.md").read_text()
-    for needle in (str(tiny_model_dir.resolve()), "LoRA", "| rank r | 4 |", "accuracy: 0.875",
-                   "Classify the banking request.", "Intended use and limits", "agreement: 1"):
+    for needle in (
+        str(tiny_model_dir.resolve()),
+        "LoRA",
+        "| rank r | 4 |",
+        "accuracy: 0.875",
+        "Classify the banking request.",
+        "Intended use and limits",
+        "agreement: 1",
+    ):
         assert needle in card, needle
 
 
@@ -151,7 +177,10 @@ def test_merged_of_full_fine_tune_is_a_copy(full_run, tmp_path):
     result = export_run(full_run, "merged", tmp_path / "m", dtype="f32", check_samples=2)
 
     assert result.checks["agreement"] == 1.0
-    source, exported = load_file(full_run / "model" / "model.safetensors"), load_file(result.out / "model.safetensors")
+    source, exported = (
+        load_file(full_run / "model" / "model.safetensors"),
+        load_file(result.out / "model.safetensors"),
+    )
     assert set(source) == set(exported)
     assert all((source[k] == exported[k]).all() for k in source)
     card = (result.out / "README.md").read_text()
@@ -195,7 +224,9 @@ def test_gguf_round_trip(lora_run, tiny_model_dir, tiny_tokenizer, tmp_path, qua
     assert checks["tensors"] == len(names) == 2 + 2 * 9
 
     # An independent reader: transformers un-permutes q/k itself when loading a llama GGUF.
-    from_gguf = AutoModelForCausalLM.from_pretrained(result.out, gguf_file=gguf_file.name, dtype=torch.float32)
+    from_gguf = AutoModelForCausalLM.from_pretrained(
+        result.out, gguf_file=gguf_file.name, dtype=torch.float32
+    )
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     merged = PeftModel.from_pretrained(base, lora_run / "adapter").merge_and_unload()
     want, got = merged.state_dict(), from_gguf.state_dict()
@@ -220,8 +251,16 @@ def test_gguf_unsupported_architecture_leaves_nothing(tmp_path, tiny_tokenizer):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     base = tmp_path / "tiny-qwen2"
-    Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tiny_tokenizer), hidden_size=32, intermediate_size=64,
-                                 num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2)).save_pretrained(base)
+    Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=len(tiny_tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    ).save_pretrained(base)
     tiny_tokenizer.save_pretrained(base)
     run = _write_run(tmp_path / "qwen-run", base)
     _make_adapter(base, run / "adapter")
@@ -246,19 +285,30 @@ def test_peft_dir_for_vllm(lora_run, tiny_model_dir, tiny_tokenizer, tmp_path):
     assert config["base_model_name_or_path"] == str(tiny_model_dir.resolve())
     assert result.checks["rank"] == 4 and result.checks["adapter_tensors"] > 0
     card = (result.out / "README.md").read_text()
-    assert f"vllm serve {tiny_model_dir.resolve()} --enable-lora --lora-modules tiny-spec={result.out}" in card
+    assert (
+        f"vllm serve {tiny_model_dir.resolve()} --enable-lora --lora-modules tiny-spec={result.out}" in card
+    )
 
     ids = _ids(tiny_tokenizer)
     exported = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), result.out)
-    original = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), lora_run / "adapter")
+    original = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir), lora_run / "adapter"
+    )
     assert (_logits(exported.eval(), ids) - _logits(original.eval(), ids)).abs().max() == 0
 
 
 def test_peft_names_the_hub_model_for_the_bundled_base():
-    base = {"ref": "smollm2-135m-instruct", "kind": "bundled-gguf", "path": "/x/SmolLM2.gguf",
-            "model_id": "smollm2-135m-instruct"}
+    base = {
+        "ref": "smollm2-135m-instruct",
+        "kind": "bundled-gguf",
+        "path": "/x/SmolLM2.gguf",
+        "model_id": "smollm2-135m-instruct",
+    }
     assert base_model_name(base) == "HuggingFaceTB/SmolLM2-135M-Instruct"
-    assert base_model_name({"ref": "org/name", "kind": "hf-cache", "path": "/c/s", "model_id": "org/name"}) == "org/name"
+    assert (
+        base_model_name({"ref": "org/name", "kind": "hf-cache", "path": "/c/s", "model_id": "org/name"})
+        == "org/name"
+    )
 
 
 def test_peft_of_full_fine_tune_is_a_clear_error(full_run, tmp_path):

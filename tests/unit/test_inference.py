@@ -9,8 +9,14 @@ SYSTEM = "You route messages. Allowed labels: " + ", ".join(f"label_{i}" for i i
 
 
 def conversations():
-    texts = ["card lost", "exchange rate today please", "why was I charged twice for one payment", "hi",
-             "top up by cheque", "what is this fee on my statement from last week"]
+    texts = [
+        "card lost",
+        "exchange rate today please",
+        "why was I charged twice for one payment",
+        "hi",
+        "top up by cheque",
+        "what is this fee on my statement from last week",
+    ]
     return [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": t}] for t in texts]
 
 

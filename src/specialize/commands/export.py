@@ -15,19 +15,25 @@ from specialize.cli_support import console, quiet_libraries, user_errors
 def export(
     run: Annotated[Path, typer.Argument(help="A trained run directory.")],
     fmt: Annotated[str, typer.Option("--format", "-f", help="merged | gguf | peft")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="New output directory (must not exist or be empty).")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="New output directory (must not exist or be empty).")
+    ],
     dtype: Annotated[str | None, typer.Option(help="merged weights: f32 (default), f16 or bf16.")] = None,
     quant: Annotated[str | None, typer.Option(help="GGUF tensors: f16 (default), q8_0 or f32.")] = None,
     check_samples: Annotated[int, typer.Option(help="Test prompts used to check a merged export.")] = 8,
 ) -> None:
     """Export a run for deployment: merged HF weights, GGUF for llama.cpp, or a PEFT dir for vLLM."""
     quiet_libraries()
-    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notes, not the user's concern
+    warnings.filterwarnings(
+        "ignore", category=FutureWarning
+    )  # library deprecation notes, not the user's concern
     from specialize.export import export_run
 
     with console.status(f"exporting {run} as {fmt}"):
         result = export_run(run, fmt, out, dtype=dtype, quant=quant, check_samples=check_samples)
-    console.print(f"[green]exported[/] {result.out}  {result.size_bytes / 1e6:.1f} MB  ({len(result.files)} files)")
+    console.print(
+        f"[green]exported[/] {result.out}  {result.size_bytes / 1e6:.1f} MB  ({len(result.files)} files)"
+    )
     checks = result.checks
     if fmt == "merged" and checks.get("agreement") is not None:
         same = round(checks["agreement"] * checks["samples"])

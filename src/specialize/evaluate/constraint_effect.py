@@ -55,6 +55,7 @@ def _invalid(predictions: list[str], contract: OutputContract, loaded: LoadedMod
     tokenizer = loaded.tokenizer
     constraint = compile_constraint(contract, tokenizer, end_of_turn_ids(loaded))
     return sum(
-        1 for text in predictions
+        1
+        for text in predictions
         if not constraint.accepts(tokenizer(text, add_special_tokens=False)["input_ids"])
     )

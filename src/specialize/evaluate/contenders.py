@@ -49,11 +49,11 @@ def build_contenders(
         Contender("zero-shot", "zero-shot", base, [prompts.zero_shot(e, system) for e in test], base_context)
     ]
     if cfg.few_shot_k > 0:
-        selector = prompts.FewShotSelector(train, cfg.few_shot_k, how=cfg.few_shot_selection, seed=trained.config.seed)
+        selector = prompts.FewShotSelector(
+            train, cfg.few_shot_k, how=cfg.few_shot_selection, seed=trained.config.seed
+        )
         limit = _context_limit(base) - max_new_tokens
-        shots = [
-            prompts.few_shot(e, system, selector.select(e), base.tokenizer, limit) for e in test
-        ]
+        shots = [prompts.few_shot(e, system, selector.select(e), base.tokenizer, limit) for e in test]
         contenders.append(Contender(f"few-shot (k={selector.k})", "few-shot", base, shots, base_context))
     contenders.append(Contender("fine-tuned", "fine-tuned", trained.loaded, [e.messages for e in test]))
     for extra in cfg.extra_contenders:

@@ -16,7 +16,9 @@ def cost_per_1k_requests(
     price: PriceConfig, *, prompt_tokens: float, completion_tokens: float, seconds_per_request: float
 ) -> float:
     if price.mode == "tokens":
-        per_request = (prompt_tokens * price.input_per_million + completion_tokens * price.output_per_million) / 1e6
+        per_request = (
+            prompt_tokens * price.input_per_million + completion_tokens * price.output_per_million
+        ) / 1e6
     else:
         per_request = seconds_per_request * price.machine_per_hour / 3600
     return 1000 * per_request

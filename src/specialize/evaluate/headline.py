@@ -19,8 +19,20 @@ def headline(report: dict[str, Any]) -> str:
         parts[0] += f" (p={p:.2g} vs {comparison.get('best_baseline')})"
     best = next((b for b in baselines if b["name"] == comparison.get("best_baseline")), None)
     if best is not None:
-        parts.append(_ratio(best["tokens"]["prompt_mean"], tuned["tokens"]["prompt_mean"], "fewer", "more", "input tokens"))
-        parts.append(_ratio(best["latency"]["batch1_p50_s"], tuned["latency"]["batch1_p50_s"], "lower", "higher", "latency"))
+        parts.append(
+            _ratio(
+                best["tokens"]["prompt_mean"], tuned["tokens"]["prompt_mean"], "fewer", "more", "input tokens"
+            )
+        )
+        parts.append(
+            _ratio(
+                best["latency"]["batch1_p50_s"],
+                tuned["latency"]["batch1_p50_s"],
+                "lower",
+                "higher",
+                "latency",
+            )
+        )
         parts.append(_ratio(best["cost_per_1k"], tuned["cost_per_1k"], "lower", "higher", "cost per request"))
         be = best.get("break_even_requests")
         if be is not None:

@@ -24,15 +24,40 @@ def render_html(report: dict[str, Any]) -> str:
     )
 
     rows = summary_rows(report)
-    header = ["contender", "metric", "value", "95% CI", "invalid", "in tok", "out tok", "p50 ms",
-              "p95 ms", "req/s", "$/1k req", "break-even"]
+    header = [
+        "contender",
+        "metric",
+        "value",
+        "95% CI",
+        "invalid",
+        "in tok",
+        "out tok",
+        "p50 ms",
+        "p95 ms",
+        "req/s",
+        "$/1k req",
+        "break-even",
+    ]
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in (
-            r["contender"], r["metric"], _f(r["value"]), f"[{_f(r['ci_low'])}, {_f(r['ci_high'])}]",
-            _f(r["invalid"]), _f(r["prompt_tokens"], 1), _f(r["completion_tokens"], 1),
-            _f(r["latency_p50_ms"], 0), _f(r["latency_p95_ms"], 0), _f(r["requests_per_s"], 2),
-            _f(r["cost_per_1k"], 4), "-" if r["break_even"] is None else f"{int(r['break_even']):,}",
-        )) + "</tr>"
+        "<tr>"
+        + "".join(
+            f"<td>{html.escape(str(cell))}</td>"
+            for cell in (
+                r["contender"],
+                r["metric"],
+                _f(r["value"]),
+                f"[{_f(r['ci_low'])}, {_f(r['ci_high'])}]",
+                _f(r["invalid"]),
+                _f(r["prompt_tokens"], 1),
+                _f(r["completion_tokens"], 1),
+                _f(r["latency_p50_ms"], 0),
+                _f(r["latency_p95_ms"], 0),
+                _f(r["requests_per_s"], 2),
+                _f(r["cost_per_1k"], 4),
+                "-" if r["break_even"] is None else f"{int(r['break_even']):,}",
+            )
+        )
+        + "</tr>"
         for r in rows
     )
     figures = "".join(
@@ -45,7 +70,8 @@ def render_html(report: dict[str, Any]) -> str:
         f"<p>Paired test ({html.escape(str(comp.get('name')))}): {html.escape(str(comp.get('fine_tuned')))} vs "
         f"{html.escape(str(comp.get('best_baseline')))}: difference {_f(comp.get('mean_diff'))} "
         f"[{_f(comp.get('ci_low'))}, {_f(comp.get('ci_high'))}], p = {_f(comp.get('p_value'), 4)}</p>"
-        if comp else ""
+        if comp
+        else ""
     )
     constrained = constraint_rows(report)
     contract = html.escape(str((report.get("output_contract") or {}).get("kind")))
@@ -58,7 +84,8 @@ def render_html(report: dict[str, Any]) -> str:
             for r in constrained
         )
         + "</tbody></table>"
-        if constrained else ""
+        if constrained
+        else ""
     )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>specialize evaluation</title>
@@ -68,11 +95,11 @@ table {{ border-collapse: collapse; margin: 1rem 0; }} td, th {{ border: 1px sol
 td:first-child, th:first-child {{ text-align: left; }} figure {{ display: inline-block; margin: .5rem; }}
 img {{ max-width: 560px; }} .headline {{ font-size: 1.2rem; font-weight: 600; }}
 </style></head><body>
-<h1>Evaluation of {html.escape(str(report['run']))}</h1>
-<p class="headline" id="headline">{html.escape(report['headline'])}</p>
-<p>Task: {html.escape(report['task'])}; {report['test_rows']} held-out test rows; greedy decoding;
-price model: {html.escape(report['price']['mode'])}.</p>
-<table id="summary"><thead><tr>{''.join(f'<th>{h}</th>' for h in header)}</tr></thead><tbody>{body}</tbody></table>
+<h1>Evaluation of {html.escape(str(report["run"]))}</h1>
+<p class="headline" id="headline">{html.escape(report["headline"])}</p>
+<p>Task: {html.escape(report["task"])}; {report["test_rows"]} held-out test rows; greedy decoding;
+price model: {html.escape(report["price"]["mode"])}.</p>
+<table id="summary"><thead><tr>{"".join(f"<th>{h}</th>" for h in header)}</tr></thead><tbody>{body}</tbody></table>
 {paired}
 {constraint_table}
 <section id="plots">{figures}</section>
@@ -100,14 +127,30 @@ def _figures(report: dict[str, Any], rows: list[dict[str, Any]]):
         return fig
 
     metric = rows[0]["metric"] if rows else "quality"
-    low = [max(0.0, (r["value"] or 0) - (r["ci_low"] if r["ci_low"] is not None else r["value"] or 0)) for r in rows]
-    high = [max(0.0, (r["ci_high"] if r["ci_high"] is not None else r["value"] or 0) - (r["value"] or 0)) for r in rows]
-    yield "quality", f"{metric} per contender, with 95% bootstrap intervals", bars(
-        [r["value"] for r in rows], f"Quality ({metric})", metric, errors=[low, high])
+    low = [
+        max(0.0, (r["value"] or 0) - (r["ci_low"] if r["ci_low"] is not None else r["value"] or 0))
+        for r in rows
+    ]
+    high = [
+        max(0.0, (r["ci_high"] if r["ci_high"] is not None else r["value"] or 0) - (r["value"] or 0))
+        for r in rows
+    ]
+    yield (
+        "quality",
+        f"{metric} per contender, with 95% bootstrap intervals",
+        bars([r["value"] for r in rows], f"Quality ({metric})", metric, errors=[low, high]),
+    )
     yield "tokens", "Input and output tokens per request", _stacked(plt, names, rows)
-    yield "latency", "Latency per request at batch size 1 (p50)", bars(
-        [r["latency_p50_ms"] for r in rows], "Latency, batch size 1", "ms (p50)")
-    yield "cost", "Cost per 1,000 requests", bars([r["cost_per_1k"] for r in rows], "Cost per 1,000 requests", "USD")
+    yield (
+        "latency",
+        "Latency per request at batch size 1 (p50)",
+        bars([r["latency_p50_ms"] for r in rows], "Latency, batch size 1", "ms (p50)"),
+    )
+    yield (
+        "cost",
+        "Cost per 1,000 requests",
+        bars([r["cost_per_1k"] for r in rows], "Cost per 1,000 requests", "USD"),
+    )
     yield "loss", "Training and validation loss", _loss(plt, report.get("training", {}).get("curves") or {})
     yield "confusions", "Top confusions of the fine-tuned model", _confusions(plt, report)
 
@@ -146,7 +189,11 @@ def _confusions(plt, report):
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
     if confusions:
         top = confusions[:8][::-1]
-        ax.barh([f"{c['reference']} -> {c['prediction']}"[:60] for c in top], [c["count"] for c in top], color="#fa5252")
+        ax.barh(
+            [f"{c['reference']} -> {c['prediction']}"[:60] for c in top],
+            [c["count"] for c in top],
+            color="#fa5252",
+        )
         ax.tick_params(axis="y", labelsize=7)
         ax.set_xlabel("count")
     else:

@@ -24,8 +24,9 @@ from specialize.evaluate.metrics import parse_json_output
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
-def instruction(kind: TaskKind, train: Sequence[Example], labels: Sequence[str] | None,
-                custom: str | None = None) -> str:
+def instruction(
+    kind: TaskKind, train: Sequence[Example], labels: Sequence[str] | None, custom: str | None = None
+) -> str:
     """The zero-shot instruction; a user-given one may use the `{labels}` placeholder."""
     label_list = "\n".join(f"- {label}" for label in labels or [])
     if custom:
@@ -93,8 +94,9 @@ class FewShotSelector:
         return [self.train[i] for i in reversed(ranked[: self.k])]
 
 
-def few_shot(example: Example, system: str, shots: Sequence[Example], tokenizer: Any,
-             max_prompt_tokens: int) -> list[dict[str, str]]:
+def few_shot(
+    example: Example, system: str, shots: Sequence[Example], tokenizer: Any, max_prompt_tokens: int
+) -> list[dict[str, str]]:
     """Demonstrations as earlier turns; the most distant ones go first when it does not fit."""
     shots = list(shots)
     while True:

@@ -20,7 +20,9 @@ def write_report(eval_dir: Path, report: dict[str, Any]) -> None:
     clean = _jsonable(report)
     tmp = make_temp_dir(eval_dir)
     try:
-        (tmp / "report.json").write_text(json.dumps(clean, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        (tmp / "report.json").write_text(
+            json.dumps(clean, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
         (tmp / "report.md").write_text(render_markdown(clean), encoding="utf-8")
         (tmp / "report.html").write_text(render_html(clean), encoding="utf-8")
         replace_dir(tmp, eval_dir)
@@ -35,21 +37,23 @@ def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     for c in report["contenders"]:
         q = c["quality"]
         ci = q["ci95"].get(q["primary"], {})
-        rows.append({
-            "contender": c["name"],
-            "metric": q["primary"],
-            "value": q["primary_value"],
-            "ci_low": ci.get("ci_low"),
-            "ci_high": ci.get("ci_high"),
-            "invalid": q["values"].get("invalid_rate"),
-            "prompt_tokens": c["tokens"]["prompt_mean"],
-            "completion_tokens": c["tokens"]["completion_mean"],
-            "latency_p50_ms": _ms(c["latency"]["batch1_p50_s"]),
-            "latency_p95_ms": _ms(c["latency"]["batch1_p95_s"]),
-            "requests_per_s": c["throughput"]["requests_per_s"],
-            "cost_per_1k": c["cost_per_1k"],
-            "break_even": c.get("break_even_requests"),
-        })
+        rows.append(
+            {
+                "contender": c["name"],
+                "metric": q["primary"],
+                "value": q["primary_value"],
+                "ci_low": ci.get("ci_low"),
+                "ci_high": ci.get("ci_high"),
+                "invalid": q["values"].get("invalid_rate"),
+                "prompt_tokens": c["tokens"]["prompt_mean"],
+                "completion_tokens": c["tokens"]["completion_mean"],
+                "latency_p50_ms": _ms(c["latency"]["batch1_p50_s"]),
+                "latency_p95_ms": _ms(c["latency"]["batch1_p95_s"]),
+                "requests_per_s": c["throughput"]["requests_per_s"],
+                "cost_per_1k": c["cost_per_1k"],
+                "break_even": c.get("break_even_requests"),
+            }
+        )
     return rows
 
 
@@ -61,27 +65,37 @@ def constraint_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
         if not con:
             continue
         change = con["primary_change"]
-        rows.append({
-            "contender": c["name"],
-            "metric": change["metric"],
-            "free": c["quality"]["primary_value"],
-            "constrained": con["quality"]["primary_value"],
-            "change": change["mean_diff"],
-            "change_low": change["ci_low"],
-            "change_high": change["ci_high"],
-            "p_value": change["p_value"],
-            "invalid_free": con["invalid_free"],
-            "invalid_constrained": con["invalid_constrained"],
-            "prevented": con["prevented_share"],
-            "incomplete": con["incomplete"],
-            "latency_overhead": con["latency_overhead"],
-            "throughput_ratio": con["throughput_ratio"],
-        })
+        rows.append(
+            {
+                "contender": c["name"],
+                "metric": change["metric"],
+                "free": c["quality"]["primary_value"],
+                "constrained": con["quality"]["primary_value"],
+                "change": change["mean_diff"],
+                "change_low": change["ci_low"],
+                "change_high": change["ci_high"],
+                "p_value": change["p_value"],
+                "invalid_free": con["invalid_free"],
+                "invalid_constrained": con["invalid_constrained"],
+                "prevented": con["prevented_share"],
+                "incomplete": con["incomplete"],
+                "latency_overhead": con["latency_overhead"],
+                "throughput_ratio": con["throughput_ratio"],
+            }
+        )
     return rows
 
 
-CONSTRAINT_COLUMNS = ("contender", "metric free -> constrained", "change [95% CI]", "p", "invalid free -> constrained",
-                      "prevented", "p50 latency x", "req/s x")
+CONSTRAINT_COLUMNS = (
+    "contender",
+    "metric free -> constrained",
+    "change [95% CI]",
+    "p",
+    "invalid free -> constrained",
+    "prevented",
+    "p50 latency x",
+    "req/s x",
+)
 
 
 def constraint_cells(r: dict[str, Any]) -> list[str]:

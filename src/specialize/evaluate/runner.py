@@ -70,7 +70,9 @@ def evaluate(
 
     contract = recorded_contract(trained.meta, completions) if cfg.eval.constrained else NONE
 
-    contenders = build_contenders(trained, splits.train, test, kind=kind, labels=labels, max_new_tokens=max_new)
+    contenders = build_contenders(
+        trained, splits.train, test, kind=kind, labels=labels, max_new_tokens=max_new
+    )
     results = []
     for contender in contenders:
         free = _measure(contender, references, kind, labels, max_new, stop, cfg.eval, progress)
@@ -88,7 +90,9 @@ def evaluate(
     train_cost = training_cost(cfg.eval.price, float(trained.meta.get("train_seconds") or 0.0))
     for r in results:
         r["break_even_requests"] = (
-            break_even_requests(train_cost, r["cost_per_1k"], tuned["cost_per_1k"]) if r is not tuned else None
+            break_even_requests(train_cost, r["cost_per_1k"], tuned["cost_per_1k"])
+            if r is not tuned
+            else None
         )
     report = {
         "run": str(run.path),
@@ -108,7 +112,11 @@ def evaluate(
         "contenders": results,
         "comparison": comparison,
         "samples": [
-            {"input": e.user_text, "reference": ref, "predictions": {r["name"]: r["predictions"][i] for r in results}}
+            {
+                "input": e.user_text,
+                "reference": ref,
+                "predictions": {r["name"]: r["predictions"][i] for r in results},
+            }
             for i, (e, ref) in enumerate(zip(test[:SAMPLES], references, strict=False))
         ],
     }
@@ -133,15 +141,26 @@ def _measure(
     with contender.context():
         began = time.perf_counter()
         outputs = generate(
-            contender.loaded, contender.conversations, max_new_tokens=max_new,
-            batch_size=eval_cfg.batch_size, stop=stop, on_batch=on_batch, constraint=contract,
+            contender.loaded,
+            contender.conversations,
+            max_new_tokens=max_new,
+            batch_size=eval_cfg.batch_size,
+            stop=stop,
+            on_batch=on_batch,
+            constraint=contract,
         )
         batched_seconds = time.perf_counter() - began
         latencies = []
         for conversation in contender.conversations[: eval_cfg.latency_samples]:
             t0 = time.perf_counter()
-            generate(contender.loaded, [conversation], max_new_tokens=max_new, batch_size=1, stop=stop,
-                     constraint=contract)
+            generate(
+                contender.loaded,
+                [conversation],
+                max_new_tokens=max_new,
+                batch_size=1,
+                stop=stop,
+                constraint=contract,
+            )
             latencies.append(time.perf_counter() - t0)
     # Constrained replies are returned unstripped (exactly the label); metrics compare stripped text.
     predictions = [o.text.strip() for o in outputs]
@@ -159,10 +178,15 @@ def _measure(
             "batch1_p95_s": _percentile(latencies, 95),
             "samples": len(latencies),
         },
-        "throughput": {"requests_per_s": total / batched_seconds if batched_seconds else None,
-                       "batch_size": eval_cfg.batch_size, "seconds": batched_seconds},
+        "throughput": {
+            "requests_per_s": total / batched_seconds if batched_seconds else None,
+            "batch_size": eval_cfg.batch_size,
+            "seconds": batched_seconds,
+        },
         "cost_per_1k": cost_per_1k_requests(
-            eval_cfg.price, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+            eval_cfg.price,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
             seconds_per_request=seconds_per_request,
         ),
         "predictions": predictions,
@@ -202,7 +226,11 @@ def _max_new_tokens(tokenizer: Any, train: list[Any]) -> int:
     """p99 of the training replies' token counts (with the end-of-turn marker), plus headroom."""
     sample = train[:2000]
     lengths = [
-        len(tokenizer(render_reply(tokenizer, e.messages, e.completion or ""), add_special_tokens=False)["input_ids"])
+        len(
+            tokenizer(render_reply(tokenizer, e.messages, e.completion or ""), add_special_tokens=False)[
+                "input_ids"
+            ]
+        )
         for e in sample
     ]
     if not lengths:

@@ -28,7 +28,13 @@ def eval_headline(run: RunDir) -> Any:
 
 
 def model_card(
-    *, run: RunDir, config: RunConfig, meta: dict[str, Any], fmt: str, base_name: str, usage: str,
+    *,
+    run: RunDir,
+    config: RunConfig,
+    meta: dict[str, Any],
+    fmt: str,
+    base_name: str,
+    usage: str,
     checks: dict[str, Any],
 ) -> str:
     name = config.name or run.path.name
@@ -43,7 +49,8 @@ def model_card(
     sections = [
         f"# {name}",
         f"A specialist fine-tuned from **{base_name}** with `specialize` for one task"
-        + (f" ({meta['task']})" if meta.get("task") else "") + f". This directory is the `{fmt}` export.",
+        + (f" ({meta['task']})" if meta.get("task") else "")
+        + f". This directory is the `{fmt}` export.",
         "## Base model\n\n" + _base(meta, base_name),
         "## Training data\n\n" + _data(config, meta),
         "## Method and hyper-parameters\n\n" + _method(config, meta),
@@ -70,8 +77,10 @@ def _data(config: RunConfig, meta: dict[str, Any]) -> str:
     counts = meta.get("examples") or {}
     lines = []
     if config.data.train:
-        lines.append(f"- source: `{Path(config.data.train).name}`" + (
-            f" (test: `{Path(config.data.test).name}`)" if config.data.test else ""))
+        lines.append(
+            f"- source: `{Path(config.data.train).name}`"
+            + (f" (test: `{Path(config.data.test).name}`)" if config.data.test else "")
+        )
     if counts:
         lines.append("- examples: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     labels = meta.get("labels")
@@ -88,14 +97,26 @@ def _method(config: RunConfig, meta: dict[str, Any]) -> str:
     m, t = config.method, config.train
     rows: list[tuple[str, Any]] = [("method", "LoRA" if m.kind == "lora" else "full fine-tuning")]
     if m.kind == "lora":
-        rows += [("rank r", m.lora_r), ("alpha", m.lora_alpha), ("dropout", m.lora_dropout),
-                 ("target modules", m.target_modules)]
+        rows += [
+            ("rank r", m.lora_r),
+            ("alpha", m.lora_alpha),
+            ("dropout", m.lora_dropout),
+            ("target modules", m.target_modules),
+        ]
     rows += [
-        ("learning rate", config.learning_rate), ("scheduler", t.lr_scheduler), ("warmup ratio", t.warmup_ratio),
-        ("epochs", t.epochs), ("max steps", t.max_steps), ("batch size", t.batch_size),
-        ("gradient accumulation", t.grad_accum), ("weight decay", t.weight_decay), ("seed", config.seed),
-        ("optimizer steps", meta.get("steps")), ("train loss", _num(meta.get("train_loss"))),
-        ("validation loss", _num(meta.get("val_loss"))), ("trainable parameters", meta.get("trainable_parameters")),
+        ("learning rate", config.learning_rate),
+        ("scheduler", t.lr_scheduler),
+        ("warmup ratio", t.warmup_ratio),
+        ("epochs", t.epochs),
+        ("max steps", t.max_steps),
+        ("batch size", t.batch_size),
+        ("gradient accumulation", t.grad_accum),
+        ("weight decay", t.weight_decay),
+        ("seed", config.seed),
+        ("optimizer steps", meta.get("steps")),
+        ("train loss", _num(meta.get("train_loss"))),
+        ("validation loss", _num(meta.get("val_loss"))),
+        ("trainable parameters", meta.get("trainable_parameters")),
         ("training time (s)", meta.get("train_seconds")),
     ]
     return "| setting | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows if v is not None)
@@ -115,7 +136,9 @@ def _prompt(config: RunConfig) -> str:
     d = config.data
     lines = ["Prompt the model as it was trained, through its chat template (included in this export):"]
     lines.append(f"- system prompt: {json.dumps(d.system_prompt) if d.system_prompt else 'none'}")
-    lines.append(f"- user message template: {json.dumps(d.prompt_template) if d.prompt_template else 'the request text as is'}")
+    lines.append(
+        f"- user message template: {json.dumps(d.prompt_template) if d.prompt_template else 'the request text as is'}"
+    )
     lines.append("- decoding: greedy (temperature 0), as evaluated")
     return "\n".join(lines)
 
@@ -127,14 +150,16 @@ def _checks(checks: dict[str, Any]) -> str:
 
 def _limits(meta: dict[str, Any]) -> str:
     task = meta.get("task")
-    return "\n".join([
-        f"- Intended for the single task it was trained on{f' ({task})' if task else ''}, on inputs like its "
-        "training data. Outside that task it is a small general model and may be wrong with confidence.",
-        "- Quality was measured only on the held-out split named above; inputs that drift from that "
-        "distribution need a new evaluation (`specialize drift` watches for it).",
-        "- It inherits the base model's licence, biases and limits; do not use it for decisions about "
-        "people without human review.",
-    ])
+    return "\n".join(
+        [
+            f"- Intended for the single task it was trained on{f' ({task})' if task else ''}, on inputs like its "
+            "training data. Outside that task it is a small general model and may be wrong with confidence.",
+            "- Quality was measured only on the held-out split named above; inputs that drift from that "
+            "distribution need a new evaluation (`specialize drift` watches for it).",
+            "- It inherits the base model's licence, biases and limits; do not use it for decisions about "
+            "people without human review.",
+        ]
+    )
 
 
 def _num(value: Any) -> Any:

@@ -128,7 +128,9 @@ def verify_gguf(path: Path, source: GGUFSource, quant: str) -> dict[str, Any]:
         data = _unpermute_if_qk(name, data.astype(np.float32), config)
         want = expected[name]
         if data.shape != want.shape:
-            raise SpecializeError(f"GGUF verification failed: {name} has shape {data.shape}, expected {want.shape}")
+            raise SpecializeError(
+                f"GGUF verification failed: {name} has shape {data.shape}, expected {want.shape}"
+            )
         err = float(np.max(np.abs(data - want))) if want.size else 0.0
         scale = float(np.max(np.abs(want))) if want.size else 0.0
         rel = err / scale if scale > 0 else err
@@ -166,7 +168,9 @@ def _gguf_tensors(source: GGUFSource, quant: str, *, permute: bool = True):
             continue
         name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if name is None:
-            raise ConfigError(f"GGUF export: tensor '{hf_name}' has no llama.cpp name; unsupported model layout")
+            raise ConfigError(
+                f"GGUF export: tensor '{hf_name}' has no llama.cpp name; unsupported model layout"
+            )
         if permute:
             array = _permute_if_qk(name, array, config)
         yield name, array, _ggml_type(array, quant)
@@ -272,7 +276,11 @@ def tokenizer_pre(tokenizer: Any) -> str:
     kinds = [p.get("type") for p in parts]
     if kinds == ["ByteLevel"] and parts[0].get("use_regex", True):
         return "gpt-2"
-    if kinds == ["Digits", "ByteLevel"] and parts[0].get("individual_digits") and parts[1].get("use_regex", True):
+    if (
+        kinds == ["Digits", "ByteLevel"]
+        and parts[0].get("individual_digits")
+        and parts[1].get("use_regex", True)
+    ):
         return "smollm"  # SmolLM/StarCoder style: each digit alone, then the GPT-2 split
     log.warning("unknown pre-tokenizer %s; llama.cpp will use its default split", kinds)
     return "default"
@@ -319,7 +327,11 @@ def _adds_bos(tokenizer: Any) -> bool:
     if bos is None:
         return False
     with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
-    return bool(with_special) and with_special[0] == bos and tokenizer("a", add_special_tokens=False)["input_ids"][:1] != [bos]
+    return (
+        bool(with_special)
+        and with_special[0] == bos
+        and tokenizer("a", add_special_tokens=False)["input_ids"][:1] != [bos]
+    )
 
 
 def source_tokenizer_pre(base_meta: dict[str, Any]) -> str | None:

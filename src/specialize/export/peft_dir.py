@@ -26,7 +26,9 @@ def base_model_name(base: dict[str, Any]) -> str:
     """How deployment tools should name the base model: hub id when there is one, else a path."""
     kind = base.get("kind")
     if kind == "bundled-gguf":
-        bundled = BUNDLED.get(str(base.get("model_id", "")).lower()) or BUNDLED.get(str(base.get("ref", "")).lower())
+        bundled = BUNDLED.get(str(base.get("model_id", "")).lower()) or BUNDLED.get(
+            str(base.get("ref", "")).lower()
+        )
         if bundled is not None:
             return bundled.hub_id
     if kind == "hf-cache":
@@ -43,10 +45,14 @@ def write_peft_dir(run: RunDir, out: Path, base_name: str) -> dict[str, Any]:
     config = json.loads((run.adapter / "adapter_config.json").read_text(encoding="utf-8"))
     weights = next((run.adapter / f for f in WEIGHT_FILES if (run.adapter / f).is_file()), None)
     if weights is None:
-        raise RunError(f"{run.adapter}: adapter_config.json but no adapter weights ({' or '.join(WEIGHT_FILES)})")
+        raise RunError(
+            f"{run.adapter}: adapter_config.json but no adapter weights ({' or '.join(WEIGHT_FILES)})"
+        )
     config["base_model_name_or_path"] = base_name
     config["inference_mode"] = True
-    (out / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    (out / "adapter_config.json").write_text(
+        json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
     shutil.copyfile(weights, out / weights.name)
     if not filecmp.cmp(weights, out / weights.name, shallow=False):
         raise RunError(f"{out / weights.name}: copy differs from {weights}")
@@ -67,7 +73,9 @@ def _check(out: Path, weights_name: str) -> dict[str, Any]:
     warnings = []
     rank = getattr(config, "r", None)
     if rank and rank > VLLM_DEFAULT_MAX_RANK:
-        warnings.append(f"rank {rank} > vLLM's default --max-lora-rank {VLLM_DEFAULT_MAX_RANK}; pass --max-lora-rank {rank}")
+        warnings.append(
+            f"rank {rank} > vLLM's default --max-lora-rank {VLLM_DEFAULT_MAX_RANK}; pass --max-lora-rank {rank}"
+        )
     if getattr(config, "modules_to_save", None):
         warnings.append("modules_to_save (fully trained extra modules) are not served by vLLM's LoRA support")
     if base_name_is_gguf(config.base_model_name_or_path):

@@ -92,8 +92,9 @@ def export_run(
         else:
             checks = write_peft_dir(run_dir, tmp, base_name)
             usage = _usage_peft(out, base_name, name, checks.get("rank"))
-        card = model_card(run=run_dir, config=config, meta=meta, fmt=fmt, base_name=base_name,
-                          usage=usage, checks=checks)
+        card = model_card(
+            run=run_dir, config=config, meta=meta, fmt=fmt, base_name=base_name, usage=usage, checks=checks
+        )
         (tmp / "README.md").write_text(card, encoding="utf-8")
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
         size = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
@@ -157,13 +158,20 @@ def _export_merged(run: RunDir, config: Any, tmp: Path, dtype: str, samples: int
     return {"dtype": dtype, **check_agreement(reference, tmp, dtype)}
 
 
-def _export_gguf(run: RunDir, config: Any, meta: dict[str, Any], path: Path, quant: str, name: str) -> dict[str, Any]:
+def _export_gguf(
+    run: RunDir, config: Any, meta: dict[str, Any], path: Path, quant: str, name: str
+) -> dict[str, Any]:
     loaded = load_trained(run, config)
     model = merge(loaded)
     check_supported(model.config, loaded.tokenizer)
     tensors = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
-    source = GGUFSource(tensors=tensors, config=model.config, tokenizer=loaded.tokenizer, name=name,
-                        tokenizer_pre=source_tokenizer_pre(meta.get("base_model") or {}))
+    source = GGUFSource(
+        tensors=tensors,
+        config=model.config,
+        tokenizer=loaded.tokenizer,
+        name=name,
+        tokenizer_pre=source_tokenizer_pre(meta.get("base_model") or {}),
+    )
     write_gguf(source, path, quant)
     return {"quant": quant, **verify_gguf(path, source, quant)}
 

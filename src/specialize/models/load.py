@@ -139,8 +139,14 @@ def resolve_dtype(dtype: str, device: str) -> Any:
         if device.startswith("cuda") and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float32
-    table = {"f32": torch.float32, "float32": torch.float32, "f16": torch.float16,
-             "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+    table = {
+        "f32": torch.float32,
+        "float32": torch.float32,
+        "f16": torch.float16,
+        "float16": torch.float16,
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+    }
     if dtype not in table:
         from specialize.errors import ConfigError
 

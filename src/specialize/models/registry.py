@@ -57,8 +57,7 @@ def resolve_model(ref: str) -> ModelRef:
         if len(ggufs) == 1:
             return ModelRef(ref, "gguf", str(ggufs[0].resolve()), ggufs[0].stem)
         raise ModelNotFoundError(
-            f"{path} is a directory but holds no config.json (a Hugging Face model) "
-            "and no single .gguf file"
+            f"{path} is a directory but holds no config.json (a Hugging Face model) and no single .gguf file"
         )
     if path.exists():
         raise ModelNotFoundError(f"{path} is neither a .gguf file nor a model directory")

@@ -56,17 +56,34 @@ class DriftConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    warn_alpha: float = Field(0.05, gt=0, lt=1, description="Chance that unshifted traffic warns (all checks together).")
-    alert_alpha: float = Field(0.01, gt=0, lt=1, description="Chance that unshifted traffic alerts (all checks together).")
-    min_window: int = Field(30, ge=5, description="Fewer usable requests than this: 'not enough data', no verdict.")
+    warn_alpha: float = Field(
+        0.05, gt=0, lt=1, description="Chance that unshifted traffic warns (all checks together)."
+    )
+    alert_alpha: float = Field(
+        0.01, gt=0, lt=1, description="Chance that unshifted traffic alerts (all checks together)."
+    )
+    min_window: int = Field(
+        30, ge=5, description="Fewer usable requests than this: 'not enough data', no verdict."
+    )
     max_window: int = Field(500, ge=10, description="The most recent N requests are tested.")
-    permutations: int = Field(1000, ge=99, description="Permutations per test (raised so that an alert is reachable).")
-    min_ks: float = Field(0.1, ge=0, le=1, description="Smallest KS distance that may fire (lengths, descriptors).")
-    min_domain_auc: float = Field(0.55, ge=0.5, le=1, description="Smallest domain-classifier AUC that may fire.")
-    min_invalid_excess: float = Field(0.05, ge=0, le=1, description="Invalid share must exceed the baseline by this.")
+    permutations: int = Field(
+        1000, ge=99, description="Permutations per test (raised so that an alert is reachable)."
+    )
+    min_ks: float = Field(
+        0.1, ge=0, le=1, description="Smallest KS distance that may fire (lengths, descriptors)."
+    )
+    min_domain_auc: float = Field(
+        0.55, ge=0.5, le=1, description="Smallest domain-classifier AUC that may fire."
+    )
+    min_invalid_excess: float = Field(
+        0.05, ge=0, le=1, description="Invalid share must exceed the baseline by this."
+    )
     invalid_baseline: float | None = Field(
-        None, ge=0, lt=1, description="Expected invalid share; default: compare with the evaluated model's "
-        "outputs on the test split, or 0.02 when the run has not been evaluated."
+        None,
+        ge=0,
+        lt=1,
+        description="Expected invalid share; default: compare with the evaluated model's "
+        "outputs on the test split, or 0.02 when the run has not been evaluated.",
     )
     time_windows: int = Field(8, ge=1, description="Windows in the drift-over-time plot.")
     seed: int = 0
@@ -125,8 +142,18 @@ class DriftReport(BaseModel):
 
 # ------------------------------------------------------------------------------ the request log
 
-_COLUMNS = ("id", "ts", "model", "adapter", "prompt", "completion", "prompt_tokens", "completion_tokens",
-            "status", "finish_reason")
+_COLUMNS = (
+    "id",
+    "ts",
+    "model",
+    "adapter",
+    "prompt",
+    "completion",
+    "prompt_tokens",
+    "completion_tokens",
+    "status",
+    "finish_reason",
+)
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -140,7 +167,9 @@ def parse_since(since: str | float | None, now: float | None = None) -> float | 
     text = since.strip()
     match = _RELATIVE.match(text)
     if match:
-        return (now if now is not None else time.time()) - float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        return (now if now is not None else time.time()) - float(match.group(1)) * _UNIT_SECONDS[
+            match.group(2)
+        ]
     try:
         return float(text)
     except ValueError:
@@ -155,7 +184,10 @@ def parse_since(since: str | float | None, now: float | None = None) -> float | 
 
 
 def read_window(
-    log_path: str | Path, adapter: str | None = None, since: str | float | None = None, limit: int | None = None
+    log_path: str | Path,
+    adapter: str | None = None,
+    since: str | float | None = None,
+    limit: int | None = None,
 ) -> list[dict[str, Any]]:
     """Requests from the request log, oldest first: the most recent `limit` since `since`,
     for one adapter (by its name in `adapter`, or in `model` when the log has no adapter)."""
@@ -216,6 +248,7 @@ def prompt_text(prompt: str | None) -> str | None:
 
 
 # ---------------------------------------------------------------------------- live features
+
 
 @dataclass
 class LiveFeatures:
@@ -310,14 +343,21 @@ def featurize(
         has_text=has_text,
         input_len=lengths(texts, has_text),
         output_len=lengths(completions, has_out),
-        non_ascii=non_ascii, digits=digits, oov=oov, embeddings=embeddings,
-        labels=labels, invalid=invalid, json_fields=json_rows,
+        non_ascii=non_ascii,
+        digits=digits,
+        oov=oov,
+        embeddings=embeddings,
+        labels=labels,
+        invalid=invalid,
+        json_fields=json_rows,
         length_unit="tokens" if tokens else "words",
-        n_rows=len(rows), n_errors=len(rows) - n,
+        n_rows=len(rows),
+        n_errors=len(rows) - n,
     )
 
 
 # -------------------------------------------------------------------------------- statistics
+
 
 def _memberships(rng: np.random.Generator, n_ref: int, n_live: int, permutations: int) -> np.ndarray:
     """(permutations, n_ref + n_live) bool: each row marks a random `n_live` of the pooled items
@@ -460,8 +500,12 @@ def binomial_sf(k: int, n: int, p: float) -> float:
     if p >= 1:
         return 1.0
     i = np.arange(k, n + 1)
-    log_pmf = (math.lgamma(n + 1) - np.array([math.lgamma(j + 1) + math.lgamma(n - j + 1) for j in i])
-               + i * math.log(p) + (n - i) * math.log1p(-p))
+    log_pmf = (
+        math.lgamma(n + 1)
+        - np.array([math.lgamma(j + 1) + math.lgamma(n - j + 1) for j in i])
+        + i * math.log(p)
+        + (n - i) * math.log1p(-p)
+    )
     top = log_pmf.max()
     return float(min(1.0, math.exp(top) * np.exp(log_pmf - top).sum()))
 
@@ -475,7 +519,9 @@ def hypergeom_sf(k: int, total: int, marked: int, drawn: int) -> float:
     def log_choose(a: int, b: int) -> float:
         return math.lgamma(a + 1) - math.lgamma(b + 1) - math.lgamma(a - b + 1)
 
-    terms = np.array([log_choose(marked, x) + log_choose(total - marked, drawn - x) for x in range(lo, hi + 1)])
+    terms = np.array(
+        [log_choose(marked, x) + log_choose(total - marked, drawn - x) for x in range(lo, hi + 1)]
+    )
     top = terms.max()
     return float(min(1.0, math.exp(top - log_choose(total, drawn)) * np.exp(terms - top).sum()))
 
@@ -495,8 +541,11 @@ def _reference_outputs(profile: dict[str, Any], outputs: Sequence[str] | None) -
     if profile["task"] == "classification":
         label_set = list(profile["labels"]["counts"])
         labels = [match_label(o, label_set) for o in outputs]
-        return _ReferenceOutputs(labels, sum(lab is not None for lab in labels),
-                                 np.array([lab is None for lab in labels], dtype=float))
+        return _ReferenceOutputs(
+            labels,
+            sum(lab is not None for lab in labels),
+            np.array([lab is None for lab in labels], dtype=float),
+        )
     if profile["task"] == "json":
         return _ReferenceOutputs([], 0, np.array([not parse_json_output(o)[0] for o in outputs], dtype=float))
     return None
@@ -505,8 +554,11 @@ def _reference_outputs(profile: dict[str, Any], outputs: Sequence[str] | None) -
 def _histograms(ref: np.ndarray, live: np.ndarray, bins: int = 20) -> dict[str, Any]:
     lo, hi = float(min(ref.min(), live.min())), float(max(ref.max(), live.max()))
     edges = np.linspace(lo, hi if hi > lo else lo + 1, bins + 1)
-    return {"edges": np.round(edges, 4).tolist(), "ref": np.histogram(ref, edges)[0].tolist(),
-            "live": np.histogram(live, edges)[0].tolist()}
+    return {
+        "edges": np.round(edges, 4).tolist(),
+        "ref": np.histogram(ref, edges)[0].tolist(),
+        "live": np.histogram(live, edges)[0].tolist(),
+    }
 
 
 # ------------------------------------------------------------------------------------ checks
@@ -527,21 +579,46 @@ def _plan(profile: dict[str, Any], live: LiveFeatures, min_window: int) -> list[
     n_text = int(live.has_text.sum())
     plan = [CheckResult(name="input_length", test="KS permutation", n_ref=n_ref, n_live=n_text)]
     if task != "classification":  # a label's length says nothing the label check does not
-        plan.append(CheckResult(name="output_length", test="KS permutation", n_ref=n_ref,
-                                n_live=int(np.count_nonzero(~np.isnan(live.output_len)))))
-    plan += [CheckResult(name=name, test="KS permutation", n_ref=n_ref, n_live=n_text)
-             for name in ("non_ascii", "digits", "oov")]
+        plan.append(
+            CheckResult(
+                name="output_length",
+                test="KS permutation",
+                n_ref=n_ref,
+                n_live=int(np.count_nonzero(~np.isnan(live.output_len))),
+            )
+        )
+    plan += [
+        CheckResult(name=name, test="KS permutation", n_ref=n_ref, n_live=n_text)
+        for name in ("non_ascii", "digits", "oov")
+    ]
     plan.append(CheckResult(name="embedding", test="MMD permutation", n_ref=n_ref, n_live=n_text))
     if task == "classification":
-        plan.append(CheckResult(name="labels", test="JS permutation",
-                                n_ref=int(profile["labels"]["n"]), n_live=sum(lab is not None for lab in live.labels)))
+        plan.append(
+            CheckResult(
+                name="labels",
+                test="JS permutation",
+                n_ref=int(profile["labels"]["n"]),
+                n_live=sum(lab is not None for lab in live.labels),
+            )
+        )
     if task == "json":
         n_ref_json = sum(r is not None for r in profile["sample"].get("json_fields") or [])
-        plan.append(CheckResult(name="json_fields", test="presence permutation", n_ref=n_ref_json,
-                                n_live=sum(r is not None for r in live.json_fields)))
+        plan.append(
+            CheckResult(
+                name="json_fields",
+                test="presence permutation",
+                n_ref=n_ref_json,
+                n_live=sum(r is not None for r in live.json_fields),
+            )
+        )
     if task in ("classification", "json"):
-        plan.append(CheckResult(name="invalid_outputs", test="binomial (one-sided)",
-                                n_live=int(np.count_nonzero(~np.isnan(live.invalid)))))
+        plan.append(
+            CheckResult(
+                name="invalid_outputs",
+                test="binomial (one-sided)",
+                n_live=int(np.count_nonzero(~np.isnan(live.invalid))),
+            )
+        )
     for check in plan:
         if check.n_live < min_window:
             check.note = f"{check.n_live} usable requests, {min_window} needed"
@@ -559,8 +636,12 @@ def _reference(profile: dict[str, Any], name: str, unit: str) -> np.ndarray:
 
 
 def compare(
-    profile: dict[str, Any], live: LiveFeatures, config: DriftConfig | None = None, *,
-    reference_outputs: Sequence[str] | None = None, plots: bool = True,
+    profile: dict[str, Any],
+    live: LiveFeatures,
+    config: DriftConfig | None = None,
+    *,
+    reference_outputs: Sequence[str] | None = None,
+    plots: bool = True,
 ) -> DriftReport:
     """Run every applicable check on a featurized window; see the module docstring.
 
@@ -573,21 +654,41 @@ def compare(
     if len(live) > config.max_window:
         live = live.take(np.arange(len(live) - config.max_window, len(live)))
     base = {
-        "n_rows": live.n_rows, "n_used": len(live), "n_errors": live.n_errors, "min_window": config.min_window,
-        "window": {"start": float(live.ts.min()) if len(live) else None, "end": float(live.ts.max()) if len(live) else None},
-        "task": profile["task"], "embedder": profile["embedder"]["name"], "length_unit": live.length_unit,
-        "config": config.model_dump(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "n_rows": live.n_rows,
+        "n_used": len(live),
+        "n_errors": live.n_errors,
+        "min_window": config.min_window,
+        "window": {
+            "start": float(live.ts.min()) if len(live) else None,
+            "end": float(live.ts.max()) if len(live) else None,
+        },
+        "task": profile["task"],
+        "embedder": profile["embedder"]["name"],
+        "length_unit": live.length_unit,
+        "config": config.model_dump(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "run": profile.get("run"),
     }
     if len(live) < config.min_window:
-        return DriftReport(level="not_enough_data", **base, message=(
-            f"not enough data: {len(live)} usable requests in the window, {config.min_window} needed for a verdict"))
+        return DriftReport(
+            level="not_enough_data",
+            **base,
+            message=(
+                f"not enough data: {len(live)} usable requests in the window, {config.min_window} needed for a verdict"
+            ),
+        )
 
     plan = _plan(profile, live, config.min_window)
     active = [c for c in plan if not c.note]
     if not active:
-        return DriftReport(level="not_enough_data", checks=plan, **base, message=(
-            "not enough data: no check has enough requests with text (is the log keeping only hashes?)"))
+        return DriftReport(
+            level="not_enough_data",
+            checks=plan,
+            **base,
+            message=(
+                "not enough data: no check has enough requests with text (is the log keeping only hashes?)"
+            ),
+        )
     k = len(active)
     warn_thr, alert_thr = config.warn_alpha / k, config.alert_alpha / k
     # Enough permutations that the smallest attainable p-value is well below the alert threshold.
@@ -610,12 +711,18 @@ def compare(
             current = values[~np.isnan(values)]
             check.statistic, check.p_value = ks_permutation(ref, current, z_for(ref.size, current.size))
             check.effect, check.effect_name, check.min_effect = check.statistic, "KS distance", config.min_ks
-            check.extra = {"psi": psi(ref, current), "ref_mean": float(ref.mean()), "live_mean": float(current.mean())}
+            check.extra = {
+                "psi": psi(ref, current),
+                "ref_mean": float(ref.mean()),
+                "live_mean": float(current.mean()),
+            }
             check.plot = _histograms(ref, current) if plots else {}
         elif name == "embedding":
             ref = decode_array(profile["sample"]["embeddings"])
             current = live.embeddings[live.has_text]
-            check.statistic, check.p_value, check.effect = mmd_permutation(ref, current, z_for(len(ref), len(current)))
+            check.statistic, check.p_value, check.effect = mmd_permutation(
+                ref, current, z_for(len(ref), len(current))
+            )
             check.effect_name, check.min_effect = "domain AUC", config.min_domain_auc
             check.plot = _projection(ref, current) if plots else {}
         elif name == "labels":
@@ -624,22 +731,35 @@ def compare(
             ref_counts = np.array([profile["labels"]["counts"][lab] for lab in names], dtype=np.int64)
             source = "training labels"
             if ref_out is not None and ref_out.labels_valid >= MIN_EVAL_OUTPUTS:
-                ref_counts = np.bincount([index[lab] for lab in ref_out.labels if lab is not None], minlength=len(names))
+                ref_counts = np.bincount(
+                    [index[lab] for lab in ref_out.labels if lab is not None], minlength=len(names)
+                )
                 source = "fine-tuned outputs on the test split"
             check.n_ref = int(ref_counts.sum())
-            live_counts = np.bincount([index[lab] for lab in live.labels if lab is not None], minlength=len(names))
+            live_counts = np.bincount(
+                [index[lab] for lab in live.labels if lab is not None], minlength=len(names)
+            )
             check.statistic, check.p_value = labels_permutation(ref_counts, live_counts, rng, permutations)
             p_ref, p_live = ref_counts / ref_counts.sum(), live_counts / live_counts.sum()
             check.effect, check.effect_name = _js_distance(p_ref, p_live), "JS distance"
             top = np.argsort(-np.abs(p_live - p_ref))[:15]
             check.extra = {"reference": source}
-            check.plot = {"labels": [names[i] for i in top], "ref": p_ref[top].round(4).tolist(),
-                          "live": p_live[top].round(4).tolist()} if plots else {}
+            check.plot = (
+                {
+                    "labels": [names[i] for i in top],
+                    "ref": p_ref[top].round(4).tolist(),
+                    "live": p_live[top].round(4).tolist(),
+                }
+                if plots
+                else {}
+            )
         elif name == "json_fields":
             n_fields = len(profile["json_fields"]["fields"])
             ref = _presence([r for r in profile["sample"]["json_fields"] if r is not None], n_fields)
             current = _presence([r for r in live.json_fields if r is not None], n_fields)
-            check.statistic, check.p_value, check.effect = presence_permutation(ref, current, z_for(len(ref), len(current)))
+            check.statistic, check.p_value, check.effect = presence_permutation(
+                ref, current, z_for(len(ref), len(current))
+            )
             check.effect_name = "largest presence difference"
         elif name == "invalid_outputs":
             flags = live.invalid[~np.isnan(live.invalid)]
@@ -650,16 +770,25 @@ def compare(
                 check.test, check.n_ref = "Fisher exact (one-sided)", ref_n
                 check.statistic, check.p_value = bad / n, hypergeom_sf(bad, ref_n + n, ref_bad + bad, n)
                 check.effect = bad / n - ref_bad / ref_n
-                check.extra = {"invalid": bad, "reference": "fine-tuned outputs on the test split",
-                               "reference_share": ref_bad / ref_n}
+                check.extra = {
+                    "invalid": bad,
+                    "reference": "fine-tuned outputs on the test split",
+                    "reference_share": ref_bad / ref_n,
+                }
             else:
-                baseline = config.invalid_baseline if config.invalid_baseline is not None else DEFAULT_INVALID_BASELINE
+                baseline = (
+                    config.invalid_baseline
+                    if config.invalid_baseline is not None
+                    else DEFAULT_INVALID_BASELINE
+                )
                 check.statistic, check.p_value = bad / n, binomial_sf(bad, n, baseline)
                 check.effect = bad / n - baseline
                 check.extra = {"invalid": bad, "reference": "baseline rate", "reference_share": baseline}
         big_enough = check.effect is None or check.effect >= check.min_effect
         p = check.p_value if check.p_value is not None else 1.0
-        check.level = "alert" if p < alert_thr and big_enough else "warn" if p < warn_thr and big_enough else "ok"
+        check.level = (
+            "alert" if p < alert_thr and big_enough else "warn" if p < warn_thr and big_enough else "ok"
+        )
 
     level: Overall = max((c.level for c in active), key=_RANK.__getitem__)  # type: ignore[assignment]
     fired = [c for c in active if c.level == level and level != "ok"]
@@ -669,8 +798,12 @@ def compare(
     else:
         message = f"ok: no drift found by {k} checks over {len(live)} requests"
     return DriftReport(
-        level=level, message=message, checks=plan, permutations=permutations,
-        correction=f"Bonferroni over {k} checks: warn at p < {warn_thr:.2g}, alert at p < {alert_thr:.2g}", **base,
+        level=level,
+        message=message,
+        checks=plan,
+        permutations=permutations,
+        correction=f"Bonferroni over {k} checks: warn at p < {warn_thr:.2g}, alert at p < {alert_thr:.2g}",
+        **base,
     )
 
 
@@ -699,14 +832,23 @@ def _projection(ref: np.ndarray, live: np.ndarray, iterations: int = 12) -> dict
     axes = np.random.default_rng(0).standard_normal((ref.shape[1], 2))
     for _ in range(iterations):
         axes, _ = np.linalg.qr(centred.T @ (centred @ axes))
-    return {"ref": np.round((ref - centre) @ axes, 3).tolist(), "live": np.round((live - centre) @ axes, 3).tolist()}
+    return {
+        "ref": np.round((ref - centre) @ axes, 3).tolist(),
+        "live": np.round((live - centre) @ axes, 3).tolist(),
+    }
 
 
 # ------------------------------------------------------------------------------- entry points
 
+
 def detect_drift(
-    profile: dict[str, Any], window_rows: Sequence[dict[str, Any]], config: DriftConfig | None = None, *,
-    tokenizer: Any = None, embedder: Any = None, reference_outputs: Sequence[str] | None = None,
+    profile: dict[str, Any],
+    window_rows: Sequence[dict[str, Any]],
+    config: DriftConfig | None = None,
+    *,
+    tokenizer: Any = None,
+    embedder: Any = None,
+    reference_outputs: Sequence[str] | None = None,
 ) -> DriftReport:
     """Compare request-log rows (dicts with prompt, completion, ts, status) with a profile."""
     live = featurize(window_rows, profile, tokenizer=tokenizer, embedder=embedder)
@@ -714,8 +856,12 @@ def detect_drift(
 
 
 def drift_over_time(
-    profile: dict[str, Any], live: LiveFeatures | Sequence[dict[str, Any]], config: DriftConfig | None = None, *,
-    n_windows: int | None = None, reference_outputs: Sequence[str] | None = None,
+    profile: dict[str, Any],
+    live: LiveFeatures | Sequence[dict[str, Any]],
+    config: DriftConfig | None = None,
+    *,
+    n_windows: int | None = None,
+    reference_outputs: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """The checks over consecutive windows of traffic (oldest first), each at least `min_window`
     requests: what the time plot shows. A compact dict per window."""
@@ -733,12 +879,23 @@ def drift_over_time(
         part = live.take(order[start:stop])
         part.n_rows, part.n_errors = len(part), 0
         report = compare(profile, part, config, reference_outputs=reference_outputs, plots=False)
-        out.append({
-            "start": report.window.get("start"), "end": report.window.get("end"), "n": len(part),
-            "level": report.level,
-            "checks": {c.name: {"p_value": c.p_value, "effect": c.effect, "level": c.level,
-                                "alert_threshold": c.alert_threshold} for c in report.checks},
-        })
+        out.append(
+            {
+                "start": report.window.get("start"),
+                "end": report.window.get("end"),
+                "n": len(part),
+                "level": report.level,
+                "checks": {
+                    c.name: {
+                        "p_value": c.p_value,
+                        "effect": c.effect,
+                        "level": c.level,
+                        "alert_threshold": c.alert_threshold,
+                    }
+                    for c in report.checks
+                },
+            }
+        )
     return out
 
 
@@ -791,8 +948,15 @@ class DriftRun:
 
 
 def run_drift(
-    run_dir: str | Path, log_path: str | Path, *, adapter: str | None = None, since: str | float | None = None,
-    config: DriftConfig | None = None, tokenizer: Any = None, over_time: bool = True, history: int = 20_000,
+    run_dir: str | Path,
+    log_path: str | Path,
+    *,
+    adapter: str | None = None,
+    since: str | float | None = None,
+    config: DriftConfig | None = None,
+    tokenizer: Any = None,
+    over_time: bool = True,
+    history: int = 20_000,
     profile: dict[str, Any] | None = None,
 ) -> DriftRun:
     """Drift of one run's traffic: the most recent window, and (optionally) windows over time."""
@@ -800,18 +964,27 @@ def run_drift(
 
     profile = profile or load_profile(run_dir)
     config = config or load_drift_config(run_dir)
-    rows = read_window(log_path, adapter=adapter, since=since, limit=history if over_time else config.max_window)
+    rows = read_window(
+        log_path, adapter=adapter, since=since, limit=history if over_time else config.max_window
+    )
     live = featurize(rows, profile, tokenizer=tokenizer)
     outputs = evaluated_outputs(run_dir) if Path(run_dir).is_dir() else None
     report = compare(profile, live, config, reference_outputs=outputs)
     report.adapter = adapter
-    timeline = drift_over_time(profile, live, config, reference_outputs=outputs) if over_time and len(live) else []
+    timeline = (
+        drift_over_time(profile, live, config, reference_outputs=outputs) if over_time and len(live) else []
+    )
     return DriftRun(report=report, over_time=timeline)
 
 
 def drift_for_adapter(
-    run_dir: str | Path, log_path: str | Path, adapter: str | None, window: int = 500, *,
-    since: str | float | None = None, tokenizer: Any = None,
+    run_dir: str | Path,
+    log_path: str | Path,
+    adapter: str | None,
+    window: int = 500,
+    *,
+    since: str | float | None = None,
+    tokenizer: Any = None,
 ) -> dict[str, Any]:
     """For the server's GET /v1/adapters/{name}/drift: the report over the last `window`
     requests of `adapter`, as JSON-ready data. `run_dir` is the run (or its adapter directory,
@@ -821,8 +994,16 @@ def drift_for_adapter(
     run_path = Path(run_dir)
     root = run_path if (run_path / "profile.json").is_file() else run_path.parent
     config = load_drift_config(root if root.is_dir() else None).model_copy(update={"max_window": window})
-    result = run_drift(root, log_path, adapter=adapter, since=since, config=config, tokenizer=tokenizer,
-                       over_time=False, profile=load_profile(run_path))
+    result = run_drift(
+        root,
+        log_path,
+        adapter=adapter,
+        since=since,
+        config=config,
+        tokenizer=tokenizer,
+        over_time=False,
+        profile=load_profile(run_path),
+    )
     data = result.report.model_dump()
     for check in data["checks"]:
         check.pop("plot", None)

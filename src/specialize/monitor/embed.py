@@ -126,8 +126,13 @@ class MiniLMEmbedder:
         chunks = []
         with torch.inference_mode():
             for start in range(0, len(texts), batch_size):
-                batch = self.tokenizer(list(texts[start : start + batch_size]), padding=True,
-                                       truncation=True, max_length=256, return_tensors="pt")
+                batch = self.tokenizer(
+                    list(texts[start : start + batch_size]),
+                    padding=True,
+                    truncation=True,
+                    max_length=256,
+                    return_tensors="pt",
+                )
                 hidden = self.model(**batch).last_hidden_state
                 mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
@@ -202,7 +207,11 @@ def embedder_from_state(state: dict[str, Any]) -> Embedder:
 def encode_array(array: np.ndarray, dtype: str = "float32") -> dict[str, Any]:
     """A numpy array as base64 in JSON (float16 halves the size of the stored embedding sample)."""
     data = np.ascontiguousarray(array, dtype=dtype)
-    return {"dtype": dtype, "shape": list(data.shape), "b64": base64.b64encode(data.tobytes()).decode("ascii")}
+    return {
+        "dtype": dtype,
+        "shape": list(data.shape),
+        "b64": base64.b64encode(data.tobytes()).decode("ascii"),
+    }
 
 
 def decode_array(blob: dict[str, Any]) -> np.ndarray:

@@ -42,6 +42,7 @@ _LETTERS = re.compile(r"[^\W\d_]+", re.UNICODE)
 
 # ------------------------------------------------------------------------------ per-text features
 
+
 def word_count(texts: Sequence[str]) -> np.ndarray:
     return np.array([len(t.split()) for t in texts], dtype=np.float64)
 
@@ -95,13 +96,19 @@ def summarize(values: np.ndarray, bins: int = 30) -> dict[str, Any]:
     counts, _ = np.histogram(values, edges)
     q = np.percentile(values, [50, 90, 99])
     return {
-        "n": int(values.size), "mean": float(values.mean()), "std": float(values.std()),
-        "p50": float(q[0]), "p90": float(q[1]), "p99": float(q[2]), "max": hi,
+        "n": int(values.size),
+        "mean": float(values.mean()),
+        "std": float(values.std()),
+        "p50": float(q[0]),
+        "p90": float(q[1]),
+        "p99": float(q[2]),
+        "max": hi,
         "histogram": {"edges": [round(float(e), 4) for e in edges], "counts": counts.tolist()},
     }
 
 
 # ------------------------------------------------------------------------------------ the profile
+
 
 def profile_from_examples(
     examples: Sequence[Example],
@@ -169,17 +176,23 @@ def profile_from_examples(
         "task": task,
         "n_train": n,
         "length_unit": unit,
-        "tokenizer": (str(getattr(tokenizer, "name_or_path", "")) or "unnamed") if tokenizer is not None else None,
+        "tokenizer": (str(getattr(tokenizer, "name_or_path", "")) or "unnamed")
+        if tokenizer is not None
+        else None,
         "lengths": {"input": summarize(all_in_len), "output": summarize(all_out_len)},
         "descriptors": {
-            "non_ascii": summarize(non_ascii), "digits": summarize(digits), "oov": summarize(loo_oov),
+            "non_ascii": summarize(non_ascii),
+            "digits": summarize(digits),
+            "oov": summarize(loo_oov),
         },
         "labels": None,
         "json_fields": None,
         "vocabulary": {"min_df": min_df, "size": len(vocab), "words": sorted(vocab)},
         "embedder": model.state(),
         "sample": {
-            "n": int(len(sample)), "seed": seed, "features": features,
+            "n": int(len(sample)),
+            "seed": seed,
+            "features": features,
             "embeddings": encode_array(embeddings, "float16"),
         },
     }
@@ -193,7 +206,9 @@ def profile_from_examples(
         fields = [f for f, _ in sorted(presence.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_JSON_FIELDS]]
         parsed = sum(ps is not None for ps in paths)
         profile["json_fields"] = {
-            "n": n, "parsed": parsed, "fields": fields,
+            "n": n,
+            "parsed": parsed,
+            "fields": fields,
             "presence": {f: presence[f] / max(parsed, 1) for f in fields},
         }
         index = {f: j for j, f in enumerate(fields)}
@@ -212,8 +227,12 @@ def build_profile(run_dir: Any, tokenizer: Any = None, *, embedder: str = "auto"
     meta: dict[str, Any] = run.meta() if run.meta_file.is_file() else {}
     splits = read_splits(run)
     profile = profile_from_examples(
-        splits.train, task=meta.get("task"), labels=meta.get("labels"), tokenizer=tokenizer,
-        embedder=embedder, seed=run.config().seed if run.config_file.is_file() else 0,
+        splits.train,
+        task=meta.get("task"),
+        labels=meta.get("labels"),
+        tokenizer=tokenizer,
+        embedder=embedder,
+        seed=run.config().seed if run.config_file.is_file() else 0,
     )
     profile["run"] = str(run.path)
     return profile
@@ -228,7 +247,9 @@ def write_profile(run_dir: Any, tokenizer: Any = None, *, embedder: str = "auto"
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(Path(run_dir))
     profile = build_profile(run, tokenizer, embedder=embedder)
     atomic_write_text(run.profile, json.dumps(profile, ensure_ascii=False) + "\n")
-    log.info("wrote %s (%s lengths, embedder %s)", run.profile, profile["length_unit"], profile["embedder"]["name"])
+    log.info(
+        "wrote %s (%s lengths, embedder %s)", run.profile, profile["length_unit"], profile["embedder"]["name"]
+    )
     return run.profile
 
 
@@ -261,8 +282,12 @@ def load_profile(path: str | Path) -> dict[str, Any]:
             try:
                 profile = json.loads(candidate.read_text(encoding="utf-8"))
             except ValueError as exc:
-                raise RunError(f"{candidate}: not a valid profile ({exc}); rebuild it with `specialize profile`") from None
+                raise RunError(
+                    f"{candidate}: not a valid profile ({exc}); rebuild it with `specialize profile`"
+                ) from None
             if profile.get("version") != PROFILE_VERSION:
-                raise RunError(f"{candidate}: profile version {profile.get('version')}; rebuild it with `specialize profile`")
+                raise RunError(
+                    f"{candidate}: profile version {profile.get('version')}; rebuild it with `specialize profile`"
+                )
             return profile
     raise RunError(f"{path}: no profile.json; build it with `specialize profile {path}`")

@@ -14,7 +14,13 @@ from typing import Any
 from specialize.atomic import atomic_write_text
 from specialize.monitor.drift import DriftReport
 
-_COLORS = {"ok": "#2b8a3e", "warn": "#e67700", "alert": "#c92a2a", "skipped": "#868e96", "not_enough_data": "#868e96"}
+_COLORS = {
+    "ok": "#2b8a3e",
+    "warn": "#e67700",
+    "alert": "#c92a2a",
+    "skipped": "#868e96",
+    "not_enough_data": "#868e96",
+}
 
 
 def report_json(report: DriftReport, over_time: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -26,11 +32,15 @@ def report_json(report: DriftReport, over_time: list[dict[str, Any]] | None = No
     return data
 
 
-def write_drift_report(report: DriftReport, out_dir: str | Path, over_time: list[dict[str, Any]] | None = None) -> dict[str, Path]:
+def write_drift_report(
+    report: DriftReport, out_dir: str | Path, over_time: list[dict[str, Any]] | None = None
+) -> dict[str, Path]:
     """Write drift.json and drift.html into `out_dir`; returns their paths."""
     out = Path(out_dir)
     paths = {"json": out / "drift.json", "html": out / "drift.html"}
-    atomic_write_text(paths["json"], json.dumps(report_json(report, over_time), indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(
+        paths["json"], json.dumps(report_json(report, over_time), indent=2, ensure_ascii=False) + "\n"
+    )
     atomic_write_text(paths["html"], render_html(report, over_time or []))
     return paths
 
@@ -38,17 +48,27 @@ def write_drift_report(report: DriftReport, out_dir: str | Path, over_time: list
 def _f(value: Any, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    if isinstance(value, float) and value != 0 and abs(value) < 10 ** -digits:
+    if isinstance(value, float) and value != 0 and abs(value) < 10**-digits:
         return f"{value:.1e}"
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
 def render_html(report: DriftReport, over_time: list[dict[str, Any]]) -> str:
     rows = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in (
-            c.name, c.test, c.n_live, _f(c.statistic), _f(c.p_value, 4), _f(c.alert_threshold, 4),
-            f"{c.effect_name} {_f(c.effect)}" if c.effect is not None else "-",
-        )) + f'<td style="color:{_COLORS[c.level]};font-weight:600">{c.level}</td>'
+        "<tr>"
+        + "".join(
+            f"<td>{html.escape(str(cell))}</td>"
+            for cell in (
+                c.name,
+                c.test,
+                c.n_live,
+                _f(c.statistic),
+                _f(c.p_value, 4),
+                _f(c.alert_threshold, 4),
+                f"{c.effect_name} {_f(c.effect)}" if c.effect is not None else "-",
+            )
+        )
+        + f'<td style="color:{_COLORS[c.level]};font-weight:600">{c.level}</td>'
         f"<td>{html.escape(c.note)}</td></tr>"
         for c in report.checks
     )
@@ -58,7 +78,11 @@ def render_html(report: DriftReport, over_time: list[dict[str, Any]]) -> str:
         for name, caption, png in _figures(report, over_time)
     )
     window = report.window
-    span = (f"{_when(window.get('start'))} to {_when(window.get('end'))}" if window.get("start") is not None else "empty")
+    span = (
+        f"{_when(window.get('start'))} to {_when(window.get('end'))}"
+        if window.get("start") is not None
+        else "empty"
+    )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>specialize drift report</title>
 <style>
@@ -110,10 +134,19 @@ def _figures(report: DriftReport, over_time: list[dict[str, Any]]):
             width = np.diff(edges)
             for key, color in (("ref", "#5c7cfa"), ("live", "#e8590c")):
                 counts = np.asarray(plot[key], dtype=float)
-                ax.bar(edges[:-1], counts / max(counts.sum(), 1), width=width, align="edge", alpha=0.5,
-                       color=color, label="reference" if key == "ref" else "live")
+                ax.bar(
+                    edges[:-1],
+                    counts / max(counts.sum(), 1),
+                    width=width,
+                    align="edge",
+                    alpha=0.5,
+                    color=color,
+                    label="reference" if key == "ref" else "live",
+                )
             ax.set_ylabel("share of requests")
-            ax.set_xlabel(check.name.replace("_", " ") + (f" ({report.length_unit})" if "length" in check.name else ""))
+            ax.set_xlabel(
+                check.name.replace("_", " ") + (f" ({report.length_unit})" if "length" in check.name else "")
+            )
         elif "labels" in plot:
             x = np.arange(len(plot["labels"]))
             ax.bar(x - 0.2, plot["ref"], 0.4, color="#5c7cfa", label="reference")
@@ -134,11 +167,23 @@ def _figures(report: DriftReport, over_time: list[dict[str, Any]]):
     if over_time:
         fig, ax = plt.subplots(figsize=(7.5, 3.4))
         x = np.arange(len(over_time))
-        names = sorted({name for w in over_time for name, c in w["checks"].items() if c["p_value"] is not None})
+        names = sorted(
+            {name for w in over_time for name, c in w["checks"].items() if c["p_value"] is not None}
+        )
         for name in names:
             ps = [w["checks"].get(name, {}).get("p_value") for w in over_time]
-            ax.plot(x, [-math.log10(max(p, 1e-12)) if p is not None else np.nan for p in ps], marker="o", label=name)
-        thresholds = [c.get("alert_threshold") for w in over_time for c in w["checks"].values() if c.get("alert_threshold")]
+            ax.plot(
+                x,
+                [-math.log10(max(p, 1e-12)) if p is not None else np.nan for p in ps],
+                marker="o",
+                label=name,
+            )
+        thresholds = [
+            c.get("alert_threshold")
+            for w in over_time
+            for c in w["checks"].values()
+            if c.get("alert_threshold")
+        ]
         if thresholds:
             ax.axhline(-math.log10(min(thresholds)), color="#c92a2a", linestyle="--", label="alert threshold")
         for i, w in enumerate(over_time):
@@ -148,5 +193,11 @@ def _figures(report: DriftReport, over_time: list[dict[str, Any]]):
         ax.set_title("drift over time (windows of the request log)", fontsize=10)
         ax.legend(fontsize=6, ncol=2)
         fig.tight_layout()
-        out.append(("over-time", "drift over time: higher is more drift; shading gives each window's level", _png(fig)))
+        out.append(
+            (
+                "over-time",
+                "drift over time: higher is more drift; shading gives each window's level",
+                _png(fig),
+            )
+        )
     return out

@@ -29,7 +29,9 @@ def post_json(url: str, payload: dict[str, Any], *, timeout: float = 10.0) -> We
         return WebhookResult(False, None, f"webhook URL must start with http:// or https://, got {url!r}")
     body = json.dumps(payload, ensure_ascii=False, default=str).encode("utf-8")
     request = urllib.request.Request(
-        url, data=body, method="POST",
+        url,
+        data=body,
+        method="POST",
         headers={"Content-Type": "application/json", "User-Agent": "specialize-drift"},
     )
     try:

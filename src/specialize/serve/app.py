@@ -525,7 +525,9 @@ class ModelServer:
 
         record = self.resolve(name)
         if record is None:
-            raise APIError(400, "drift is measured per adapter; the base model has no training profile", param="name")
+            raise APIError(
+                400, "drift is measured per adapter; the base model has no training profile", param="name"
+            )
         if not 1 <= window <= 10_000:
             raise APIError(400, "window must be between 1 and 10000 requests", param="window")
         if self.request_log is None:
@@ -533,10 +535,17 @@ class ModelServer:
         self.request_log.flush()
         try:
             return await asyncio.to_thread(
-                drift_for_adapter, Path(record.source), self.request_log.path, name, window, tokenizer=self.tokenizer
+                drift_for_adapter,
+                Path(record.source),
+                self.request_log.path,
+                name,
+                window,
+                tokenizer=self.tokenizer,
             )
         except RunError as exc:
-            raise APIError(404, f"no training profile for adapter '{name}': {exc}", code="profile_not_found") from None
+            raise APIError(
+                404, f"no training profile for adapter '{name}': {exc}", code="profile_not_found"
+            ) from None
         except DataError as exc:
             raise APIError(503, str(exc)) from None
 
