@@ -124,21 +124,31 @@ def train(
     _train_and_report(run_config, out, resume=resume)
 
 
+FreeOpt = Annotated[
+    bool,
+    typer.Option("--free", help="Decode freely instead of under the run's output contract (labels, schema)."),
+]
+
+
 @app.command()
 @user_errors
 def generate(
     run: Annotated[Path, typer.Argument(help="A trained run directory.")],
     text: Annotated[list[str], typer.Argument(help="One or more requests.")],
     max_new_tokens: Annotated[int, typer.Option(help="Longest reply.")] = 64,
+    free: FreeOpt = False,
 ) -> None:
-    """Answer requests with the fine-tuned model (base + adapter)."""
+    """Answer requests with the fine-tuned model (base + adapter), under the run's output contract."""
     quiet_libraries()
     from specialize.inference import generate as run_generate
     from specialize.inference import load_run
 
     trained = load_run(run)
     replies = run_generate(
-        trained.loaded, [trained.messages_for(t) for t in text], max_new_tokens=max_new_tokens
+        trained.loaded,
+        [trained.messages_for(t) for t in text],
+        max_new_tokens=max_new_tokens,
+        constraint=None if free else trained.output_contract(),
     )
     for reply in replies:
         console.print(reply.text, highlight=False, markup=False)
@@ -149,6 +159,7 @@ def generate(
 def chat(
     run: Annotated[Path, typer.Argument(help="A trained run directory.")],
     max_new_tokens: Annotated[int, typer.Option(help="Longest reply.")] = 256,
+    free: FreeOpt = False,
 ) -> None:
     """An interactive session with the fine-tuned model (each line is one request)."""
     quiet_libraries()
@@ -164,7 +175,12 @@ def chat(
             break
         if not text.strip():
             break
-        reply = run_generate(trained.loaded, [trained.messages_for(text)], max_new_tokens=max_new_tokens)[0]
+        reply = run_generate(
+            trained.loaded,
+            [trained.messages_for(text)],
+            max_new_tokens=max_new_tokens,
+            constraint=None if free else trained.output_contract(),
+        )[0]
         console.print(reply.text, highlight=False, markup=False)
 
 

@@ -50,6 +50,14 @@ class TrainedModel:
     def messages_for(self, text: str) -> list[dict[str, str]]:
         return request_messages(self.config, text)
 
+    def output_contract(self) -> OutputContract:
+        """What the run's replies must be (its label set, its JSON schema), as training recorded it;
+        no contract for runs made before contracts were recorded."""
+        from specialize.constrain import NONE, OutputContract
+
+        recorded = self.meta.get("output_contract")
+        return OutputContract.from_dict(recorded) if recorded else NONE
+
 
 def load_run(path: str | Any) -> TrainedModel:
     """Base model plus the run's adapter (or its fully fine-tuned weights), in eval mode."""

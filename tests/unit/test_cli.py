@@ -85,10 +85,15 @@ def test_generate_with_the_trained_run(tmp_path, tiny_model_dir):
         ["train", "--data", str(data), "--model", str(tiny_model_dir), "--out", str(out), "--max-steps", "2"],
     )
     assert trained.exit_code == 0, trained.output
-    result = runner.invoke(app, ["generate", str(out), "hello", "--max-new-tokens", "3"])
+    # A 2-step random model: only the run's output contract makes its replies exactly "no" or "yes".
+    result = runner.invoke(app, ["generate", str(out), "hello", "what now", "--max-new-tokens", "8"])
     assert result.exit_code == 0, result.output
-    chat = runner.invoke(app, ["chat", str(out), "--max-new-tokens", "3"], input="hello\n\n")
+    assert result.output.split() and set(result.output.split()) <= {"no", "yes"}, result.output
+    free = runner.invoke(app, ["generate", str(out), "hello", "--max-new-tokens", "3", "--free"])
+    assert free.exit_code == 0, free.output
+    chat = runner.invoke(app, ["chat", str(out), "--max-new-tokens", "8"], input="hello\n\n")
     assert chat.exit_code == 0 and "loaded" in chat.output
+    assert "> no\n" in chat.output or "> yes\n" in chat.output, chat.output
 
 
 def test_public_api_surface():
