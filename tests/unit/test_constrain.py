@@ -419,10 +419,12 @@ def test_infer_contract_per_task():
             "meta": {
                 "type": "object",
                 "properties": {"ok": {"type": "boolean"}, "n": {"type": "null"}},
+                "additionalProperties": False,
                 "required": ["ok"],
             },
             "extra": {"type": "string"},
         },
+        "additionalProperties": False,
         "required": ["name", "age", "tags", "meta"],
     }
     for row in rows[:2]:
@@ -431,7 +433,12 @@ def test_infer_contract_per_task():
     assert infer_schema([[1, 2], {"a": 1}]) == {
         "anyOf": [
             {"type": "array", "items": {"type": "integer"}},
-            {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]},
+            {
+                "type": "object",
+                "properties": {"a": {"type": "integer"}},
+                "additionalProperties": False,
+                "required": ["a"],
+            },
         ]
     }
     with pytest.raises(ConstraintError, match="no completion parses"):
@@ -484,3 +491,34 @@ def test_contracts_round_trip_through_json(contract):
         OutputContract.from_dict({"kind": "none", "label": ["a"]})
     with pytest.raises(ConstraintError, match="'kind' is missing"):
         OutputContract.from_dict({})
+
+
+def test_strict_response_format_closes_objects_and_inferred_schemas_are_closed():
+    from specialize.constrain.contract import closed_objects
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "properties": {"type": "object", "properties": {"x": {"type": "integer"}}},
+            "tags": {"type": "array", "items": {"type": "object", "properties": {"t": {"type": "string"}}}},
+            "open": {"type": "object", "additionalProperties": True},
+        },
+    }
+    closed = closed_objects(schema)
+    assert closed["additionalProperties"] is False
+    assert closed["properties"]["properties"]["additionalProperties"] is False
+    assert "additionalProperties" not in closed["properties"], "a property named 'properties' is not a schema"
+    assert closed["properties"]["tags"]["items"]["additionalProperties"] is False
+    assert closed["properties"]["open"]["additionalProperties"] is True, "the schema's own setting wins"
+    assert "additionalProperties" not in schema, "the caller's schema is not modified"
+
+    body = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema, "strict": True}}
+    assert contract_from_response_format(body).schema == closed
+    body["json_schema"]["strict"] = False
+    assert contract_from_response_format(body).schema == schema
+
+    inferred = infer_contract(['{"a": 1, "b": {"c": "x"}}', '{"a": 2, "b": {"c": "y"}}'], "json").schema
+    assert (
+        inferred["additionalProperties"] is False
+        and inferred["properties"]["b"]["additionalProperties"] is False
+    )

@@ -240,6 +240,9 @@ def _schema_for(kind: str, members: list[Any]) -> dict[str, Any]:
         schema: dict[str, Any] = {
             "type": "object",
             "properties": {k: infer_schema(v) for k, v in keys.items()},
+            # Only the keys the training replies use: an open object would let a small model add
+            # key after key until it runs out of tokens.
+            "additionalProperties": False,
         }
         required = [k for k in keys if all(k in obj for obj in members)]
         if required:
@@ -281,7 +284,30 @@ def contract_from_response_format(response_format: Any) -> OutputContract:
     schema = spec.get("schema")
     if not isinstance(schema, dict):
         raise ConstraintError("response_format.json_schema.schema must be a JSON schema object")
+    if spec.get("strict"):
+        schema = closed_objects(schema)
     try:
         return OutputContract("json_schema", schema=schema)
     except ConstraintError as exc:
         raise ConstraintError(f"response_format.json_schema.schema: {exc}") from None
+
+
+def closed_objects(schema: Any) -> Any:
+    """The schema with `additionalProperties: false` on every object schema that leaves it unset:
+    OpenAI's strict mode, where a reply holds only the keys the schema names. A copy; the
+    schema's own settings win."""
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    for key in ("properties", "$defs", "definitions", "patternProperties"):
+        if isinstance(out.get(key), dict):
+            out[key] = {name: closed_objects(sub) for name, sub in out[key].items()}
+    for key in ("anyOf", "oneOf", "allOf", "prefixItems"):
+        if isinstance(out.get(key), list):
+            out[key] = [closed_objects(sub) for sub in out[key]]
+    for key in ("items", "additionalProperties", "not", "if", "then", "else"):
+        if isinstance(out.get(key), dict):
+            out[key] = closed_objects(out[key])
+    if (out.get("type") == "object" or "properties" in out) and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    return out
