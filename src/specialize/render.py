@@ -85,6 +85,7 @@ def render_eval_table(console: Console, report: dict) -> None:
         _f,
         constraint_cells,
         constraint_rows,
+        constraint_title,
         summary_rows,
     )
 
@@ -122,8 +123,7 @@ def render_eval_table(console: Console, report: dict) -> None:
     console.print(table)
     constrained = constraint_rows(report)
     if constrained:
-        kind = (report.get("output_contract") or {}).get("kind")
-        con = Table(title=f"Decoding under the output contract ({kind})", title_justify="left")
+        con = Table(title=f"Decoding under the {constraint_title(report)}", title_justify="left")
         for col in CONSTRAINT_COLUMNS:
             con.add_column(col, justify="left" if col == "contender" else "right")
         for r in constrained:

@@ -20,6 +20,7 @@ def render_html(report: dict[str, Any]) -> str:
         _f,
         constraint_cells,
         constraint_rows,
+        constraint_title,
         summary_rows,
     )
 
@@ -74,9 +75,8 @@ def render_html(report: dict[str, Any]) -> str:
         else ""
     )
     constrained = constraint_rows(report)
-    contract = html.escape(str((report.get("output_contract") or {}).get("kind")))
     constraint_table = (
-        f"<h2>Decoding under the output contract ({contract})</h2>"
+        f"<h2>Decoding under the {html.escape(constraint_title(report))}</h2>"
         f'<table id="constrained"><thead><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in CONSTRAINT_COLUMNS)}'
         "</tr></thead><tbody>"
         + "".join(
