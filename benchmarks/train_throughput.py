@@ -160,7 +160,7 @@ def ours(args, queue) -> None:
             "peak_rss_mb": peak_rss_mb(),
             "steps": meta["steps"],
             "tokens": max(x.get("num_input_tokens_seen", 0) for x in lines),
-            "setup": f"precision {meta['precision']}, packing {config.train.packing}",
+            "setup": f"precision {meta['precision']}, attention {meta['attention']}, packing {config.train.packing}",
         }
     )
 
@@ -187,8 +187,12 @@ def matmul_peak_gflops(threads: int, dtype: str = "float32", seconds: float = 3.
 # (b) with one more optimisation turned off at each line; logits_to_keep (the LM head at reply
 # positions only) has no switch, since nothing is gained by computing the rest.
 ABLATIONS = [
-    ("fp32 instead of bf16 mixed precision", {"precision": "fp32"}),
-    ("fp32, left-padded batches instead of packed rows", {"precision": "fp32", "packing": False}),
+    ("sdpa attention instead of eager", {"attention": "sdpa"}),
+    ("sdpa, fp32 instead of bf16 mixed precision", {"attention": "sdpa", "precision": "fp32"}),
+    (
+        "sdpa, fp32, left-padded batches instead of packed rows",
+        {"attention": "sdpa", "precision": "fp32", "packing": False},
+    ),
 ]
 
 

@@ -84,12 +84,20 @@ class TrainConfig(_Section):
     packing: bool = Field(
         True, description="Lay a batch's examples end to end (no padding, no cross-attention); else left-pad."
     )
-    pack_tokens: int = Field(
-        256, ge=16, description="Longest packed row; bounds the attention matrix kept for backward."
+    pack_tokens: int | None = Field(
+        None,
+        ge=16,
+        description="Longest packed row; default: the batch's longest example. Short rows keep the "
+        "attention matrix (computed and kept for backward) small.",
     )
     log_every: int = Field(5, ge=1)
     seed: int = 42
     threads: int | None = Field(None, ge=1, description="torch threads; default: all cores.")
+    attention: Literal["auto", "sdpa", "eager"] = Field(
+        "auto",
+        description="Attention kernel for training. auto: eager on CPU when rows are at most "
+        "512 tokens (faster than torch's CPU flash kernel there), else the model's default (sdpa).",
+    )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",
         description="Matmul precision of training. auto: bf16 mixed precision where the hardware has "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from specialize.data.example import Example, Source
@@ -88,20 +89,32 @@ def test_masked_prompt_tokens_contribute_no_gradient(tiny_tokenizer):
     assert not torch.allclose(ours, unmasked, atol=1e-4)
 
 
-def test_packed_batch_loss_equals_the_mean_of_unpacked_losses(tiny_tokenizer):
-    """No attention across packed examples: the packed loss is the token-mean of each example's
-    own loss, computed alone and unpadded."""
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_batch_loss_equals_the_mean_of_unpacked_losses(tiny_tokenizer, attention):
+    """No attention across packed examples, with either attention kernel training may pick: the
+    packed loss is the token-mean of each example's own loss, computed alone and unpadded."""
     from specialize.train.collator import PackedCollator
 
     model = make_tiny_model(tiny_tokenizer).eval()
+    model.set_attn_implementation(attention)
     encoded = encoded_batch(tiny_tokenizer)
-    batch = PackedCollator()([{"input_ids": e.input_ids, "labels": e.labels} for e in encoded])
+    batch = PackedCollator(row_tokens=1000)([{"input_ids": e.input_ids, "labels": e.labels} for e in encoded])
     assert batch["input_ids"].shape == (1, sum(len(e.input_ids) for e in encoded)), "one row, no padding"
     labels = batch.pop("labels")
     packed = supervised_loss(model(**batch), labels)
     total = sum(float(stock_loss(model, [e])) * e.completion_len for e in encoded)
     assert abs(float(packed) - total / sum(e.completion_len for e in encoded)) < 1e-5
     torch.testing.assert_close(packed, stock_loss(model, encoded), rtol=1e-5, atol=1e-5)
+
+
+def test_rows_default_to_the_longest_example(tiny_tokenizer):
+    from specialize.train.collator import PackedCollator
+
+    encoded = encoded_batch(tiny_tokenizer) * 3
+    batch = PackedCollator(tiny_tokenizer.pad_token_id)(
+        [{"input_ids": e.input_ids, "labels": e.labels} for e in encoded]
+    )
+    assert batch["input_ids"].shape[1] == max(len(e.input_ids) for e in encoded)
 
 
 def test_rows_are_bounded_and_the_loss_does_not_change(tiny_tokenizer):

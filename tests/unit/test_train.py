@@ -203,3 +203,22 @@ def test_a_given_output_schema_is_recorded_and_a_bad_one_trains_nothing(tiny_mod
     with pytest.raises(ConfigError, match="file not found"):
         train(config(str(tmp_path / "missing.json")), tmp_path / "missing")
     assert not (tmp_path / "bad").exists() and not (tmp_path / "missing").exists()
+
+
+def test_attention_kernel_is_eager_only_for_short_rows_on_cpu(tiny_model_dir, memorisable):
+    from specialize.train.collator import EncodedDataset
+    from specialize.train.sft import _attention_kernel
+
+    class _Encoded:
+        def __init__(self, n):
+            self.input_ids, self.labels = [1] * n, [1] * n
+
+    short, long = EncodedDataset([_Encoded(40)]), EncodedDataset([_Encoded(600)])
+    config = tiny_config(tiny_model_dir, memorisable)
+    assert _attention_kernel(config, "cpu", short, None) == "eager"
+    assert _attention_kernel(config, "cpu", long, None) is None, "eager keeps a row x row matrix per layer"
+    assert _attention_kernel(config, "cuda", short, None) is None
+    config.train.pack_tokens = 1024
+    assert _attention_kernel(config, "cpu", short, None) is None, "packed rows of 1024 are long rows"
+    config.train.attention = "sdpa"
+    assert _attention_kernel(config, "cpu", short, None) == "sdpa"
