@@ -70,16 +70,14 @@ def train(
         dtype = "bf16"
     loaded = load_model(config.model.base, dtype=dtype)
     tokenizer = loaded.tokenizer
-    if resume:
-        splits = read_splits(run)
-    else:
-        splits, report = prepare_splits(config, tokenizer)
-        # Checked before anything is written: a bad output schema must not cost a training run.
-        training_contract(config.data.output_schema, [e.completion or "" for e in splits.train])
-        if main:
-            run.path.mkdir(parents=True, exist_ok=True)
-            save_config(config, run.config_file)
-            write_splits(run, splits, report)
+    splits, report = (read_splits(run), None) if resume else prepare_splits(config, tokenizer)
+    completions = [e.completion or "" for e in splits.train]
+    # Resolved before anything is written: a bad output schema must not cost a training run.
+    contract = training_contract(config.data.output_schema, completions)
+    if not resume and main:
+        run.path.mkdir(parents=True, exist_ok=True)
+        save_config(config, run.config_file)
+        write_splits(run, splits, report)
 
     max_len = config.model.max_seq_len
     train_set = EncodedDataset([encode(tokenizer, e, max_len) for e in splits.train])
@@ -159,7 +157,6 @@ def train(
     meta: dict[str, Any] = {}
     if trainer.is_world_process_zero():
         _save_weights(model, tokenizer, run, config)
-        completions = [e.completion or "" for e in splits.train]
         task = detect_task(completions)
         meta = {
             "base_model": loaded.ref.to_dict(),
@@ -167,7 +164,7 @@ def train(
             "method": config.method.kind,
             "task": task,
             "labels": sorted(set(completions)) if task == "classification" else None,
-            "output_contract": training_contract(config.data.output_schema, completions).to_dict(),
+            "output_contract": contract.to_dict(),
             "examples": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
             "steps": output.global_step,
             "train_loss": output.training_loss,
