@@ -259,7 +259,7 @@ def run_naive(work: Path, adapters: list[str], counts: list[int], args) -> dict:
     from fastapi import FastAPI
     from peft import PeftModel
 
-    from specialize.data.tokenize import render_prompt
+    from specialize.models.chat import render_prompt
     from specialize.models.load import load_model
     from specialize.registry import AdapterRegistry
 

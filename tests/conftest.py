@@ -33,7 +33,7 @@ def make_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from specialize.data.tokenize import DEFAULT_CHAT_TEMPLATE
+    from specialize.models.chat import DEFAULT_CHAT_TEMPLATE
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -75,7 +75,7 @@ def check(
         epochs=epochs,
     )
     if report is not None:
-        from specialize.config import atomic_write_text
+        from specialize.atomic import atomic_write_text
 
         atomic_write_text(report, result.model_dump_json(indent=2))
     if as_json:

@@ -14,10 +14,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from specialize.atomic import atomic_write_text, make_temp_dir  # noqa: F401  (re-exported)
+from specialize.atomic import atomic_write_text
 from specialize.errors import ConfigError
 from specialize.models.bundled import DEFAULT_MODEL
-from specialize.monitor.drift import DriftConfig
 
 
 class _Section(BaseModel):
@@ -130,6 +129,48 @@ class EvalConfig(_Section):
     bootstrap_resamples: int = Field(1000, ge=100)
     extra_contenders: list[dict[str, Any]] = Field(default_factory=list)
     price: PriceConfig = Field(default_factory=PriceConfig)
+
+
+class DriftConfig(_Section):
+    """Thresholds of the drift monitor (the `monitor:` section of a run config)."""
+
+    warn_alpha: float = Field(
+        0.05, gt=0, lt=1, description="Chance that unshifted traffic warns (all checks together)."
+    )
+    alert_alpha: float = Field(
+        0.01, gt=0, lt=1, description="Chance that unshifted traffic alerts (all checks together)."
+    )
+    min_window: int = Field(
+        30, ge=5, description="Fewer usable requests than this: 'not enough data', no verdict."
+    )
+    max_window: int = Field(500, ge=10, description="The most recent N requests are tested.")
+    permutations: int = Field(
+        1000, ge=99, description="Permutations per test (raised so that an alert is reachable)."
+    )
+    min_ks: float = Field(
+        0.1, ge=0, le=1, description="Smallest KS distance that may fire (lengths, descriptors)."
+    )
+    min_domain_auc: float = Field(
+        0.55, ge=0.5, le=1, description="Smallest domain-classifier AUC that may fire."
+    )
+    min_invalid_excess: float = Field(
+        0.05, ge=0, le=1, description="Invalid share must exceed the baseline by this."
+    )
+    invalid_baseline: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="Expected invalid share; default: compare with the evaluated model's "
+        "outputs on the test split, or 0.02 when the run has not been evaluated.",
+    )
+    time_windows: int = Field(8, ge=1, description="Windows in the drift-over-time plot.")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _alert_stricter(self) -> DriftConfig:
+        if self.alert_alpha > self.warn_alpha:
+            raise ValueError("alert_alpha must not exceed warn_alpha (an alert is the stricter level)")
+        return self
 
 
 class RunConfig(_Section):

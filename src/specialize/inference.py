@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from specialize.config import RunConfig
-from specialize.data.tokenize import render_prompt
 from specialize.errors import ConfigError
+from specialize.models.chat import render_prompt
 from specialize.models.load import LoadedModel, load_model
 from specialize.run_dir import RunDir, open_run
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from specialize.config import RunConfig, atomic_write_text, load_config
+from specialize.atomic import atomic_write_text
+from specialize.config import RunConfig, load_config
 from specialize.errors import RunError
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from specialize.constrain import OutputContract, labels_contract, schema_contract
-from specialize.data.tokenize import render_prompt
+from specialize.models.chat import render_prompt
 from specialize.registry import AdapterRegistry
 from specialize.serve.engine import Engine, SamplingParams
 from tests.conftest import make_adapter_run

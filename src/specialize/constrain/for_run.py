@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from specialize.constrain.contract import OutputContract, infer_contract, schema_contract
-from specialize.data.task import detect_task
 from specialize.errors import ConfigError
+from specialize.outputs import detect_task
 
 
 def training_contract(

@@ -23,8 +23,8 @@ from pydantic import BaseModel, computed_field
 from specialize.data.example import Example, Source
 from specialize.data.formats import FormatSpec, load_examples
 from specialize.data.load import Issue
-from specialize.data.task import detect_task
-from specialize.data.tokenize import render_prompt, render_reply
+from specialize.models.chat import render_prompt, render_reply
+from specialize.outputs import detect_task
 
 log = logging.getLogger(__name__)
 

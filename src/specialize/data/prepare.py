@@ -13,7 +13,8 @@ import random
 from collections import Counter
 from typing import Any
 
-from specialize.config import RunConfig, atomic_write_text
+from specialize.atomic import atomic_write_text
+from specialize.config import RunConfig
 from specialize.data.checks import DataReport, check_examples
 from specialize.data.example import Example
 from specialize.data.formats import FormatSpec, load_examples

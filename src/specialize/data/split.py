@@ -20,8 +20,8 @@ from pathlib import Path
 
 from specialize.data.checks import normalize_text
 from specialize.data.example import Example
-from specialize.data.task import detect_task
 from specialize.errors import ConfigError, DataError
+from specialize.outputs import detect_task
 
 log = logging.getLogger(__name__)
 

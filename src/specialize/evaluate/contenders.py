@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from specialize.data.example import Example
-from specialize.data.task import TaskKind
 from specialize.errors import ConfigError
 from specialize.evaluate import prompts
 from specialize.inference import TrainedModel, load_run
 from specialize.models.load import LoadedModel, load_model
+from specialize.outputs import TaskKind
 
 
 @dataclass

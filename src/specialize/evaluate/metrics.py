@@ -14,7 +14,6 @@ With no items at all, every value is nan (undefined, not a measured 0).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -25,13 +24,22 @@ from typing import Any
 
 import numpy as np
 
-from specialize.data.task import TaskKind
 from specialize.evaluate.stats import (
     PairedTest,
     bootstrap_ci,
     bootstrap_metric_ci,
     paired_bootstrap,
     paired_bootstrap_metric,
+)
+from specialize.outputs import (
+    LabelMatcher,
+    TaskKind,
+    canonical_json,
+    dotted_path,
+    flatten_json,
+    loosen,
+    match_label,
+    parse_json_output,
 )
 
 __all__ = [
@@ -102,56 +110,6 @@ def _mean(values: Sequence[float]) -> float:
 
 # --------------------------------------------------------------------------- classification
 
-_QUOTES = "\"'`\u201c\u201d\u2018\u2019"
-
-
-def _loosen(text: str) -> str:
-    """Strip whitespace, one trailing period and surrounding quotes, in any nesting order.
-
-    Chat models often answer `"card_arrival".` or `'card_arrival'` for the label card_arrival;
-    that is formatting, not a wrong answer.
-    """
-    previous = None
-    text = text.strip()
-    while text != previous:
-        previous = text
-        if text.endswith("."):
-            text = text[:-1].rstrip()
-        if len(text) >= 2 and text[0] in _QUOTES and text[-1] in _QUOTES:
-            text = text[1:-1].strip()
-    return text
-
-
-class _LabelMatcher:
-    def __init__(self, labels: Sequence[str]) -> None:
-        self.labels = set(labels)
-        folded: dict[str, list[str]] = {}
-        for label in labels:
-            folded.setdefault(label.casefold(), []).append(label)
-        # A case-insensitive match only counts when it is unambiguous ("Yes" vs "yes" both labels).
-        self.folded = {k: v[0] for k, v in folded.items() if len(v) == 1}
-
-    def __call__(self, prediction: str) -> str | None:
-        stripped = prediction.strip()
-        if stripped in self.labels:
-            return stripped
-        loose = _loosen(stripped)
-        if loose in self.labels:
-            return loose
-        return self.folded.get(loose.casefold())
-
-
-def match_label(prediction: str, labels: Sequence[str]) -> str | None:
-    """The label a prediction names, or None when it names none (an invalid prediction).
-
-    Rules, in order: the prediction stripped of whitespace equals a label; then the same after
-    removing surrounding quotes and a trailing period; then that text matches exactly one
-    label case-insensitively. Anything else (including a label followed by an explanation)
-    is invalid: a contender must produce the label, and post-processing belongs to the
-    contender, not to the metric.
-    """
-    return _LabelMatcher([label.strip() for label in labels])(prediction)
-
 
 def _macro_f1(ref: np.ndarray, pred: np.ndarray, n_labels: int) -> float:
     """Macro-F1 over labels that occur in the references or predictions of these items.
@@ -184,7 +142,7 @@ def classification_metrics(
     _check_lengths(predictions, references)
     refs = [r.strip() for r in references]
     label_list = list(dict.fromkeys([lab.strip() for lab in labels or []] + refs))
-    matcher = _LabelMatcher(label_list)
+    matcher = LabelMatcher(label_list)
     matched = [matcher(p) for p in predictions]
     code = {label: i for i, label in enumerate(label_list)}
     ref_codes = np.array([code[r] for r in refs], dtype=np.int64)
@@ -196,7 +154,7 @@ def classification_metrics(
     macro = _macro_f1(ref_codes, pred_codes, n_labels) if refs else math.nan
 
     confusions = Counter(
-        (r, m if m is not None else _loosen(p)[:_SHOWN_CHARS])
+        (r, m if m is not None else loosen(p)[:_SHOWN_CHARS])
         for p, m, r in zip(predictions, matched, refs, strict=True)
         if m != r
     )
@@ -231,61 +189,6 @@ def classification_metrics(
 
 
 # --------------------------------------------------------------------------------------- json
-
-_FENCE = re.compile(r"^```[\w+-]*[ \t]*\n?(.*?)\n?[ \t]*```$", re.DOTALL)
-
-
-def parse_json_output(text: str) -> tuple[bool, Any]:
-    """(parsed?, value) for a model output; a ```json fenced block is unwrapped first.
-
-    Fences are tolerated because chat models add them by habit and every JSON consumer
-    strips them; any other surrounding prose makes the output unparseable.
-    """
-    stripped = text.strip()
-    fenced = _FENCE.match(stripped)
-    if fenced:
-        stripped = fenced.group(1).strip()
-    try:
-        return True, json.loads(stripped)
-    except (ValueError, RecursionError):
-        return False, None
-
-
-def _normalise_json(value: Any) -> Any:
-    # 1 and 1.0 are the same JSON number; True and 1 are not (bool is checked first).
-    if isinstance(value, bool) or value is None:
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {str(k): _normalise_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_normalise_json(v) for v in value]
-    return value
-
-
-def _canonical(value: Any) -> str:
-    return json.dumps(_normalise_json(value), sort_keys=True, ensure_ascii=False)
-
-
-def flatten_json(value: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], str]:
-    """Leaf fields of a JSON value: {path: canonical JSON of the value}.
-
-    Nested objects are walked; lists, scalars and empty objects are leaves compared as whole
-    values (list items have no stable identity to align without a schema). Paths are tuples
-    so that a key containing a dot cannot collide with nesting; `_dotted` renders them.
-    A non-object top-level value is one field at the root path ().
-    """
-    if isinstance(value, dict) and value:
-        out: dict[tuple[str, ...], str] = {}
-        for key, child in value.items():
-            out.update(flatten_json(child, (*prefix, str(key))))
-        return out
-    return {prefix: _canonical(value)}
-
-
-def _dotted(path: tuple[str, ...]) -> str:
-    return ".".join(path) if path else "$"
 
 
 def _micro_f1(tp: np.ndarray, n_pred: np.ndarray, n_ref: np.ndarray) -> dict[str, float]:
@@ -332,7 +235,7 @@ def json_metrics(predictions: Sequence[str], references: Sequence[str]) -> Metri
         n_pred.append(len(pred_fields))
         n_ref.append(len(ref_fields))
         parsed_items.append(float(pred_ok))
-        exact.append(float(comparable and _canonical(pred_value) == _canonical(ref_value)))
+        exact.append(float(comparable and canonical_json(pred_value) == canonical_json(ref_value)))
         item_f1.append(_ratio(2 * hits, len(pred_fields) + len(ref_fields)))
     if bad_references:
         logger.warning(
@@ -350,9 +253,9 @@ def json_metrics(predictions: Sequence[str], references: Sequence[str]) -> Metri
     def resampler(name: str) -> Resampler:
         return lambda idx: _micro_f1(tp_a[idx], pred_a[idx], ref_a[idx])[name]
 
-    by_support = sorted(field_stats.items(), key=lambda kv: (-kv[1][0], _dotted(kv[0])))
+    by_support = sorted(field_stats.items(), key=lambda kv: (-kv[1][0], dotted_path(kv[0])))
     fields = {
-        _dotted(path): {
+        dotted_path(path): {
             "support": s[0],
             "predicted": s[1],
             "precision": _ratio(s[2], s[1]),
@@ -471,7 +374,7 @@ def compute_metrics(
     references: Sequence[str],
     labels: Sequence[str] | None = None,
 ) -> MetricResult:
-    """The metrics of a task kind (see `specialize.data.task.detect_task`)."""
+    """The metrics of a task kind (see `specialize.outputs.detect_task`)."""
     if kind == "classification":
         return classification_metrics(predictions, references, labels)
     if kind == "json":

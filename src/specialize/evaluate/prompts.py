@@ -17,9 +17,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from specialize.data.example import Example
-from specialize.data.task import TaskKind
-from specialize.data.tokenize import render_prompt
-from specialize.evaluate.metrics import parse_json_output
+from specialize.models.chat import render_prompt
+from specialize.outputs import TaskKind, parse_json_output
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 

@@ -22,8 +22,6 @@ import numpy as np
 from specialize.constrain import NONE
 from specialize.constrain.for_run import recorded_contract
 from specialize.data.prepare import read_splits
-from specialize.data.task import detect_task
-from specialize.data.tokenize import render_reply
 from specialize.errors import RunError
 from specialize.evaluate.constraint_effect import constraint_effect
 from specialize.evaluate.contenders import Contender, build_contenders
@@ -33,6 +31,8 @@ from specialize.evaluate.metrics import MetricResult, compute_metrics, metric_ci
 from specialize.evaluate.report import write_report
 from specialize.evaluate.stats import mcnemar
 from specialize.inference import generate, load_run
+from specialize.models.chat import render_reply
+from specialize.outputs import detect_task
 from specialize.run_dir import RunDir, open_run
 
 log = logging.getLogger(__name__)

@@ -126,7 +126,7 @@ def _last_logits(loaded: LoadedModel, prompts: list[list[dict[str, str]]]) -> li
     """Next-token logits after each prompt, one prompt at a time (no padding in the comparison)."""
     import torch
 
-    from specialize.data.tokenize import prompt_ids
+    from specialize.models.chat import prompt_ids
 
     out = []
     with torch.inference_mode():

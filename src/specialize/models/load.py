@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from specialize.atomic import make_temp_dir
-from specialize.data.tokenize import ensure_chat_template
+from specialize.models.chat import ensure_chat_template
 from specialize.models.registry import ModelRef, resolve_model, weights_fingerprint
 
 log = logging.getLogger(__name__)

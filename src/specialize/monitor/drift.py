@@ -40,8 +40,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field
 
+from specialize.config import DriftConfig
 from specialize.errors import ConfigError, DataError
 
 Level = Literal["ok", "warn", "alert", "skipped"]
@@ -49,50 +50,6 @@ Overall = Literal["ok", "warn", "alert", "not_enough_data"]
 _RANK = {"skipped": -1, "ok": 0, "warn": 1, "alert": 2}
 DEFAULT_INVALID_BASELINE = 0.02
 MIN_EVAL_OUTPUTS = 10  # fewer valid evaluated outputs than this: compare labels with training instead
-
-
-class DriftConfig(BaseModel):
-    """Thresholds of the drift monitor (the `monitor:` section of a run config)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    warn_alpha: float = Field(
-        0.05, gt=0, lt=1, description="Chance that unshifted traffic warns (all checks together)."
-    )
-    alert_alpha: float = Field(
-        0.01, gt=0, lt=1, description="Chance that unshifted traffic alerts (all checks together)."
-    )
-    min_window: int = Field(
-        30, ge=5, description="Fewer usable requests than this: 'not enough data', no verdict."
-    )
-    max_window: int = Field(500, ge=10, description="The most recent N requests are tested.")
-    permutations: int = Field(
-        1000, ge=99, description="Permutations per test (raised so that an alert is reachable)."
-    )
-    min_ks: float = Field(
-        0.1, ge=0, le=1, description="Smallest KS distance that may fire (lengths, descriptors)."
-    )
-    min_domain_auc: float = Field(
-        0.55, ge=0.5, le=1, description="Smallest domain-classifier AUC that may fire."
-    )
-    min_invalid_excess: float = Field(
-        0.05, ge=0, le=1, description="Invalid share must exceed the baseline by this."
-    )
-    invalid_baseline: float | None = Field(
-        None,
-        ge=0,
-        lt=1,
-        description="Expected invalid share; default: compare with the evaluated model's "
-        "outputs on the test split, or 0.02 when the run has not been evaluated.",
-    )
-    time_windows: int = Field(8, ge=1, description="Windows in the drift-over-time plot.")
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _alert_stricter(self) -> DriftConfig:
-        if self.alert_alpha > self.warn_alpha:
-            raise ValueError("alert_alpha must not exceed warn_alpha (an alert is the stricter level)")
-        return self
 
 
 class CheckResult(BaseModel):
@@ -288,9 +245,9 @@ def featurize(
     rows: Sequence[dict[str, Any]], profile: dict[str, Any], *, tokenizer: Any = None, embedder: Any = None
 ) -> LiveFeatures:
     """Features of logged requests, computed exactly as the profile computed the reference's."""
-    from specialize.evaluate.metrics import match_label, parse_json_output
     from specialize.monitor.embed import embedder_from_state
     from specialize.monitor.profile import char_shares, json_paths, oov_share, token_count, word_count
+    from specialize.outputs import match_label, parse_json_output
 
     used = [r for r in rows if r.get("status") is None or int(r["status"]) < 400]
     texts = [prompt_text(r.get("prompt")) for r in used]
@@ -536,7 +493,7 @@ class _ReferenceOutputs:
 def _reference_outputs(profile: dict[str, Any], outputs: Sequence[str] | None) -> _ReferenceOutputs | None:
     if not outputs:
         return None
-    from specialize.evaluate.metrics import match_label, parse_json_output
+    from specialize.outputs import match_label, parse_json_output
 
     if profile["task"] == "classification":
         label_set = list(profile["labels"]["counts"])

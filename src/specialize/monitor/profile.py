@@ -28,8 +28,8 @@ import numpy as np
 
 from specialize.atomic import atomic_write_text
 from specialize.data.example import Example
-from specialize.data.task import TaskKind, detect_task
 from specialize.monitor.embed import HashedTfidfEmbedder, encode_array, new_embedder
+from specialize.outputs import TaskKind, detect_task
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def oov_share(texts: Sequence[str], vocab: set[str]) -> np.ndarray:
 
 def json_paths(completion: str | None) -> set[str] | None:
     """Dotted leaf paths of a JSON completion, or None when it does not parse."""
-    from specialize.evaluate.metrics import flatten_json, parse_json_output
+    from specialize.outputs import flatten_json, parse_json_output
 
     ok, value = parse_json_output(completion or "")
     if not ok:

@@ -41,9 +41,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from specialize.constrain import NONE, OutputContract, contract_from_response_format
-from specialize.data.tokenize import render_prompt
 from specialize.errors import ConstraintError, SpecializeError
 from specialize.models.bundled import DEFAULT_MODEL
+from specialize.models.chat import render_prompt
 from specialize.registry.store import (
     AdapterNotFoundError,
     AdapterRecord,

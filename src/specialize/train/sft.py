@@ -21,11 +21,11 @@ from specialize.atomic import make_temp_dir, replace_dir
 from specialize.config import RunConfig, save_config
 from specialize.constrain.for_run import training_contract
 from specialize.data.prepare import prepare_splits, read_splits, write_splits
-from specialize.data.task import detect_task
 from specialize.data.tokenize import encode
 from specialize.errors import RunError
 from specialize.models.load import load_model
 from specialize.models.registry import weights_fingerprint
+from specialize.outputs import detect_task
 from specialize.run_dir import RunDir
 from specialize.train.callbacks import MetricsLogCallback, ProgressCallback, TrainProgress
 from specialize.train.collator import CompletionCollator, EncodedDataset, PackedCollator, supervised_loss
