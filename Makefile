@@ -28,6 +28,7 @@ demo: setup
 	bash examples/banking77/demo.sh $(RUNS)/banking77
 
 test: setup
+	$(BIN)/lint-imports
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test-fast: setup
@@ -37,6 +38,7 @@ bench: setup
 	@for script in benchmarks/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
 
 lint: setup
+	$(BIN)/lint-imports
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 

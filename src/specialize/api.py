@@ -1,20 +1,30 @@
-"""The Python API behind every CLI command: `from specialize import check_data, train, ...`."""
+"""The Python API: what a user does, one function each, with typed results.
+
+    from specialize import check_data, train, evaluate, generate, serve, drift, export
+
+Every CLI command is a thin shell over one of these; nothing the CLI can do is missing here.
+Each function takes plain values (paths, configs) and returns a record (`DataReport`,
+`TrainResult`, `EvalReport`, `Generation`, `DriftRun`, `ExportResult`), so that notebooks and
+scripts get the same behaviour as the command line.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from specialize.config import RunConfig, load_config, parse_config
 from specialize.data.checks import DataReport, check_files
 from specialize.data.formats import FormatSpec
+from specialize.models.bundled import DEFAULT_MODEL
+from specialize.records.eval import EvalReport
+from specialize.train.callbacks import TrainProgress
+from specialize.train.sft import TrainResult
 
-# Non-padding tokens per second of LoRA training on the bundled model on this 2-core machine
-# (measured by `make demo`: 452 tokens/s over 150 steps with its validation passes, in bf16 mixed
-# precision on this AVX512-BF16 CPU; fp32 training, as on CPUs without native bf16, measured 210);
-# the time estimate of `specialize check` scales by it. Other models and machines: pass
-# tokens_per_second.
-DEFAULT_TRAIN_TOKENS_PER_SECOND = 450.0
+log = logging.getLogger(__name__)
+
 DEFAULT_PRICE_PER_HOUR = 0.10
 
 
@@ -26,13 +36,20 @@ def check_data(
     output_field: str | None = None,
     system_prompt: str | None = None,
     prompt_template: str | None = None,
-    model: str | None = "smollm2-135m-instruct",
+    model: str | None = DEFAULT_MODEL,
     max_seq_len: int = 256,
     epochs: float = 1.0,
-    tokens_per_second: float = DEFAULT_TRAIN_TOKENS_PER_SECOND,
+    config: RunConfig | None = None,
+    calibrate: bool = True,
     price_per_hour: float = DEFAULT_PRICE_PER_HOUR,
 ) -> DataReport:
-    """Validate a file of examples (and optionally a test file) without training anything."""
+    """Validate a file of examples (and optionally a test file) without training anything.
+
+    With a `model`, token statistics use its tokenizer and chat template, and the time estimate
+    comes from a short measured training calibration of that model on this machine (cached; see
+    `specialize.train.calibrate`), with the training settings of `config` (default settings
+    otherwise). `calibrate=False` skips it: the report then has token counts but no time.
+    """
     tokenizer = None
     if model is not None:
         from specialize.models.load import load_tokenizer
@@ -44,16 +61,36 @@ def check_data(
         system_prompt=system_prompt,
         prompt_template=prompt_template,
     )
-    return check_files(
+    report = check_files(
         data,
         spec,
         test_path=test,
         tokenizer=tokenizer,
         max_seq_len=max_seq_len,
         epochs=epochs,
-        tokens_per_second=tokens_per_second,
+        tokens_per_second=None,
         price_per_hour=price_per_hour,
     )
+    if model is not None and calibrate and report.ok and report.estimate is not None:
+        from specialize.train.calibrate import calibrate as measure
+
+        run_config = (config or RunConfig()).model_copy(deep=True)
+        run_config.model.base = model
+        run_config.model.max_seq_len = max_seq_len
+        for key, value in (
+            ("input_field", input_field),
+            ("output_field", output_field),
+            ("system_prompt", system_prompt),
+            ("prompt_template", prompt_template),
+        ):
+            setattr(run_config.data, key, value)
+        calibration = measure(run_config, data)
+        estimate = report.estimate
+        estimate.tokens_per_second = calibration.tokens_per_second
+        estimate.seconds = estimate.total_tokens / calibration.tokens_per_second
+        estimate.cost_usd = estimate.seconds / 3600 * estimate.price_per_hour
+        estimate.measured_on = calibration.machine
+    return report
 
 
 def resolve_run_config(
@@ -75,3 +112,85 @@ def resolve_run_config(
     if config.name is None and name:
         config.name = name
     return config
+
+
+def train(
+    config: RunConfig | str | Path,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    progress: Callable[[TrainProgress], None] | None = None,
+) -> TrainResult:
+    """Fine-tune into the run directory `out`, then write the run's drift reference profile.
+
+    A failure of the profile does not lose the trained run: it is logged, and
+    `specialize profile RUN` rebuilds it."""
+    from specialize.monitor.profile import write_profile
+    from specialize.train.sft import train as train_run
+
+    run_config = config if isinstance(config, RunConfig) else load_config(config)
+    result = train_run(run_config, out, resume=resume, progress=progress)
+    if result.record is not None:
+        from specialize.models.load import load_tokenizer
+
+        try:
+            write_profile(result.run, load_tokenizer(run_config.model.base))
+        except Exception as exc:  # noqa: BLE001 - reported, and recoverable with `specialize profile`
+            log.warning(
+                "could not write profile.json (%s); run `specialize profile %s`", exc, result.run.path
+            )
+    return result
+
+
+def evaluate(
+    run: str | Path, *, max_test_examples: int | None = None, progress: Callable | None = None
+) -> EvalReport:
+    """Every contender (zero-shot, few-shot, fine-tuned) on the run's held-out rows; writes eval/."""
+    from specialize.evaluate.runner import evaluate as run_evaluation
+
+    return run_evaluation(run, max_test_examples=max_test_examples, progress=progress)
+
+
+def generate(
+    run: str | Path,
+    requests: Sequence[str],
+    *,
+    max_new_tokens: int = 64,
+    free: bool = False,
+) -> list[Any]:
+    """Replies of the fine-tuned model to raw requests, prompted as it was trained, decoding under
+    the run's default output contract unless `free` (see `specialize.data.contract`)."""
+    from specialize.inference import generate as run_generate
+    from specialize.inference import load_run
+
+    trained = load_run(run)
+    contract = None if free else trained.default_contract().contract
+    return run_generate(
+        trained.loaded,
+        [trained.messages_for(text) for text in requests],
+        max_new_tokens=max_new_tokens,
+        constraint=contract,
+    )
+
+
+def serve(options: Any = None) -> None:
+    """The OpenAI-compatible server over the adapter registry (blocks until stopped); the drift
+    route is wired to the monitor."""
+    from specialize.monitor.drift import drift_for_adapter
+    from specialize.serve.app import serve as run_server
+
+    run_server(options, drift=drift_for_adapter)
+
+
+def drift(run: str | Path, request_log: str | Path, **options: Any) -> Any:
+    """Compare recent traffic in a request log with the run's reference profile."""
+    from specialize.monitor.drift import run_drift
+
+    return run_drift(run, request_log, **options)
+
+
+def export(run: str | Path, out: str | Path, *, format: str = "merged", **options: Any) -> Any:
+    """Write the run's model for other runtimes: merged weights, GGUF, a PEFT directory, the base."""
+    from specialize.export.run import export_run
+
+    return export_run(run, format, out, **options)

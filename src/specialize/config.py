@@ -97,6 +97,13 @@ class TrainConfig(_Section):
         description="Attention kernel for training. auto: eager on CPU when rows are at most "
         "512 tokens (faster than torch's CPU flash kernel there), else the model's default (sdpa).",
     )
+    report_to: (
+        Literal["none", "tensorboard", "mlflow", "wandb"] | list[Literal["tensorboard", "mlflow", "wandb"]]
+    ) = Field(
+        "none",
+        description="Experiment trackers that get the training logs (the Trainer's report_to); each must "
+        "be installed. TensorBoard event files go to the run's logs/tensorboard/.",
+    )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",
         description="Matmul precision of training. auto: bf16 mixed precision where the hardware has "

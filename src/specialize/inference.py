@@ -11,17 +11,17 @@ import copy
 import string
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 from specialize.config import RunConfig
+from specialize.constrain.contract import OutputContract
+from specialize.data.contract import DefaultContract, default_contract, run_contract
 from specialize.errors import ConfigError
 from specialize.models.chat import render_prompt
 from specialize.models.load import LoadedModel, load_model
+from specialize.records.run import RunRecord
 from specialize.run_dir import RunDir, open_run
-
-if TYPE_CHECKING:
-    from specialize.constrain import OutputContract
 
 
 @dataclass
@@ -45,18 +45,18 @@ class TrainedModel:
     loaded: LoadedModel
     config: RunConfig
     run: RunDir
-    meta: dict[str, Any] = field(default_factory=dict)
+    record: RunRecord | None = None  # None while training has not finished (no run.json)
 
     def messages_for(self, text: str) -> list[dict[str, str]]:
         return request_messages(self.config, text)
 
     def output_contract(self) -> OutputContract:
-        """What the run's replies must be (its label set, its JSON schema), as training recorded it;
-        no contract for runs made before contracts were recorded."""
-        from specialize.constrain import NONE, OutputContract
+        """What the run's replies must be (its label set, its JSON schema): `run_contract`."""
+        return run_contract(self.run)
 
-        recorded = self.meta.get("output_contract")
-        return OutputContract.from_dict(recorded) if recorded else NONE
+    def default_contract(self) -> DefaultContract:
+        """The contract `generate` and `chat` apply unless told otherwise, and why it may be off."""
+        return default_contract(self.run)
 
 
 def load_run(path: str | Any) -> TrainedModel:
@@ -72,8 +72,8 @@ def load_run(path: str | Any) -> TrainedModel:
         loaded = load_model(config.model.base, dtype=config.model.dtype)
         loaded.model = PeftModel.from_pretrained(loaded.model, str(weights))
     loaded.model.eval()
-    meta = run.meta() if run.meta_file.is_file() else {}
-    return TrainedModel(loaded=loaded, config=config, run=run, meta=meta)
+    record = run.record() if run.finished else None
+    return TrainedModel(loaded=loaded, config=config, run=run, record=record)
 
 
 def request_messages(config: RunConfig, text: str) -> list[dict[str, str]]:

@@ -1,19 +1,26 @@
-"""The layout of a run directory and its small metadata file, `run.json`.
+"""The layout of a run directory, and the one place its records are read and written.
 
 Every component (train, evaluate, serve, monitor, export) finds what it needs through `RunDir`
-rather than hard-coded paths, so the layout in DESIGN.md lives in one place.
+rather than hard-coded paths, and reads `run.json` and `eval/report.json` as typed records
+(`specialize.records`) through it, so the layout in docs/architecture.md lives in one place and
+each file has one reader.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from specialize.atomic import atomic_write_text
 from specialize.config import RunConfig, load_config
 from specialize.errors import RunError
+from specialize.records.eval import EvalReport
+from specialize.records.run import RunRecord
+
+RecordT = TypeVar("RecordT", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,10 @@ class RunDir:
         return self.path / "checkpoints"
 
     @property
+    def tensorboard(self) -> Path:
+        return self.path / "logs" / "tensorboard"
+
+    @property
     def profile(self) -> Path:
         return self.path / "profile.json"
 
@@ -70,13 +81,39 @@ class RunDir:
             )
         return load_config(self.config_file)
 
-    def meta(self) -> dict[str, Any]:
-        if not self.meta_file.is_file():
-            raise RunError(f"{self.path}: the run has not finished training (no run.json)")
+    def meta(self) -> dict:
+        """run.json as a plain dict. Transitional: callers move to `record()`."""
+        import json
+
         return json.loads(self.meta_file.read_text(encoding="utf-8"))
 
-    def write_meta(self, meta: dict[str, Any]) -> None:
-        atomic_write_text(self.meta_file, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+    @property
+    def eval_report_file(self) -> Path:
+        return self.eval_dir / "report.json"
+
+    @property
+    def finished(self) -> bool:
+        """Training wrote its record (run.json)."""
+        return self.meta_file.is_file()
+
+    def record(self) -> RunRecord:
+        """What training wrote (run.json); a RunError when it has not finished or the file is damaged."""
+        if not self.meta_file.is_file():
+            raise RunError(f"{self.path}: the run has not finished training (no run.json)")
+        return _read(self.meta_file, RunRecord)
+
+    def write_record(self, record: RunRecord) -> None:
+        atomic_write_text(self.meta_file, record.model_dump_json(indent=2) + "\n")
+
+    @property
+    def evaluated(self) -> bool:
+        return self.eval_report_file.is_file()
+
+    def eval_report(self) -> EvalReport:
+        """The evaluation report (eval/report.json); a RunError when the run was not evaluated."""
+        if not self.eval_report_file.is_file():
+            raise RunError(f"{self.path}: the run has not been evaluated; run `specialize eval {self.path}`")
+        return _read(self.eval_report_file, EvalReport)
 
     def weights_dir(self) -> Path:
         """The trained weights: the adapter for LoRA runs, the whole model for full fine-tuning."""
@@ -87,6 +124,18 @@ class RunDir:
         raise RunError(
             f"{self.path}: no trained weights (neither adapter/ nor model/); has `specialize train` finished?"
         )
+
+
+def _read(path: Path, model: type[RecordT]) -> RecordT:
+    try:
+        return model.model_validate_json(path.read_bytes())
+    except (OSError, ValidationError) as exc:
+        raise RunError(f"{path}: not a readable {model.__name__} ({_first_line(exc)})") from None
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return "; ".join(line.strip() for line in text[:3])
 
 
 def open_run(path: str | Path) -> RunDir:

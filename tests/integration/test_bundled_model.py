@@ -62,7 +62,7 @@ def test_lora_fine_tune_a_few_steps_and_reload(bundled, tmp_path):
         }
     )
     result = train(config, tmp_path / "run")
-    assert result.meta["steps"] == 3 and result.meta["base_model"]["model_id"] == "smollm2-135m-instruct"
+    assert result.record.steps == 3 and result.record.base_model.model_id == "smollm2-135m-instruct"
     size = (tmp_path / "run" / "adapter" / "adapter_model.safetensors").stat().st_size
     assert size < 25 * 2**20
     trained = load_run(tmp_path / "run")

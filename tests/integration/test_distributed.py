@@ -114,7 +114,7 @@ def test_two_processes_train_like_one_and_only_rank_zero_writes(tiny_model_dir, 
     assert launched.stdout.count("trained ") == 1, "only rank 0 reports"
 
     meta = json.loads((run_dir / "run.json").read_text())
-    assert meta["steps"] == single.meta["steps"] == 8
+    assert meta["steps"] == single.record.steps == 8
     one = load_file(tmp_path / "single" / "adapter" / "adapter_model.safetensors")
     two = load_file(run_dir / "adapter" / "adapter_model.safetensors")
     assert one.keys() == two.keys()

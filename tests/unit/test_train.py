@@ -76,7 +76,7 @@ def test_lora_loss_falls_and_run_dir_is_complete(tiny_model_dir, memorisable, tm
     meta = json.loads((out / "run.json").read_text())
     assert meta["task"] == "classification" and meta["labels"] == sorted(LABELS)
     assert meta["output_contract"] == {"kind": "labels", "labels": sorted(LABELS)}
-    assert meta["method"] == "lora" and meta["steps"] == result.meta["steps"] > 0
+    assert meta["method"] == "lora" and meta["steps"] == result.record.steps > 0
     assert not list(out.glob(".adapter-*")), "temp dirs must not be left behind"
     weights = load_file(out / "adapter" / "adapter_model.safetensors")
     assert weights and all("lora_" in k for k in weights)
@@ -112,7 +112,7 @@ def test_killed_run_resumes_from_its_checkpoint(tiny_model_dir, memorisable, tmp
     assert not (out / "run.json").exists() and not (out / "adapter").exists()
 
     result = train(cfg, out, resume=True)
-    assert result.meta["steps"] == 12 and result.meta["resumed"] is True
+    assert result.record.steps == 12 and result.record.resumed is True
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     logged = [s for s in steps]
     assert logged == sorted(logged), "metrics.jsonl must describe one history"
@@ -164,13 +164,13 @@ def test_bf16_mixed_precision_keeps_fp32_adapter_weights(tiny_model_dir, memoris
     import torch
 
     result = train(tiny_config(tiny_model_dir, memorisable, epochs=8, precision="bf16"), tmp_path / "bf16")
-    assert result.meta["precision"] == "bf16"
+    assert result.record.precision == "bf16"
     weights = load_file(tmp_path / "bf16" / "adapter" / "adapter_model.safetensors")
     assert {w.dtype for w in weights.values()} == {torch.float32}
     curve = losses(tmp_path / "bf16")
     assert sum(curve[-3:]) / 3 < 0.6 * sum(curve[:3]) / 3, curve
     fp32 = train(tiny_config(tiny_model_dir, memorisable, epochs=1, precision="fp32"), tmp_path / "fp32")
-    assert fp32.meta["precision"] == "fp32"
+    assert fp32.record.precision == "fp32"
 
 
 def test_a_given_output_schema_is_recorded_and_a_bad_one_trains_nothing(tiny_model_dir, tmp_path):

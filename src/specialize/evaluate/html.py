@@ -9,84 +9,33 @@ from __future__ import annotations
 import base64
 import html
 import io
-from typing import Any
+
+from specialize.evaluate.table import Table, constraint_table, paired_sentence, summary_table
+from specialize.records.eval import EvalReport
 
 PLOTS = ("quality", "tokens", "latency", "cost", "loss", "confusions")
 
 
-def render_html(report: dict[str, Any]) -> str:
-    from specialize.evaluate.report import (
-        CONSTRAINT_COLUMNS,
-        _f,
-        constraint_cells,
-        constraint_rows,
-        constraint_title,
-        summary_rows,
-    )
-
-    rows = summary_rows(report)
-    header = [
-        "contender",
-        "metric",
-        "value",
-        "95% CI",
-        "invalid",
-        "in tok",
-        "out tok",
-        "p50 ms",
-        "p95 ms",
-        "req/s",
-        "$/1k req",
-        "break-even",
-    ]
-    body = "".join(
-        "<tr>"
-        + "".join(
-            f"<td>{html.escape(str(cell))}</td>"
-            for cell in (
-                r["contender"],
-                r["metric"],
-                _f(r["value"]),
-                f"[{_f(r['ci_low'])}, {_f(r['ci_high'])}]",
-                _f(r["invalid"]),
-                _f(r["prompt_tokens"], 1),
-                _f(r["completion_tokens"], 1),
-                _f(r["latency_p50_ms"], 0),
-                _f(r["latency_p95_ms"], 0),
-                _f(r["requests_per_s"], 2),
-                _f(r["cost_per_1k"], 4),
-                "-" if r["break_even"] is None else f"{int(r['break_even']):,}",
-            )
-        )
-        + "</tr>"
-        for r in rows
-    )
+def render_html(report: EvalReport) -> str:
+    summary = summary_table(report)
     figures = "".join(
         f'<figure id="plot-{name}"><img alt="{name}" src="data:image/png;base64,{_png(fig)}">'
         f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-        for name, caption, fig in _figures(report, rows)
+        for name, caption, fig in _figures(report)
     )
-    comp = report.get("comparison") or {}
-    paired = (
-        f"<p>Paired test ({html.escape(str(comp.get('name')))}): {html.escape(str(comp.get('fine_tuned')))} vs "
-        f"{html.escape(str(comp.get('best_baseline')))}: difference {_f(comp.get('mean_diff'))} "
-        f"[{_f(comp.get('ci_low'))}, {_f(comp.get('ci_high'))}], p = {_f(comp.get('p_value'), 4)}</p>"
-        if comp
-        else ""
-    )
-    constrained = constraint_rows(report)
-    constraint_table = (
-        f"<h2>Decoding under the {html.escape(constraint_title(report))}</h2>"
-        f'<table id="constrained"><thead><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in CONSTRAINT_COLUMNS)}'
-        "</tr></thead><tbody>"
-        + "".join(
-            "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in constraint_cells(r)) + "</tr>"
-            for r in constrained
-        )
-        + "</tbody></table>"
+    paired = paired_sentence(report)
+    paired = f"<p>{html.escape(paired)}</p>" if paired else ""
+    constrained = constraint_table(report)
+    constraint_section = (
+        f"<h2>{html.escape(constrained.title)}</h2>" + _table("constrained", constrained)
         if constrained
         else ""
     )
+    if constrained and not report.contract_verdict.apply_by_default:
+        constraint_section += (
+            f'<p id="contract-verdict"><strong>Not applied by default:</strong> '
+            f"{html.escape(report.contract_verdict.reason)}</p>"
+        )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>specialize evaluation</title>
 <style>
@@ -95,25 +44,34 @@ table {{ border-collapse: collapse; margin: 1rem 0; }} td, th {{ border: 1px sol
 td:first-child, th:first-child {{ text-align: left; }} figure {{ display: inline-block; margin: .5rem; }}
 img {{ max-width: 560px; }} .headline {{ font-size: 1.2rem; font-weight: 600; }}
 </style></head><body>
-<h1>Evaluation of {html.escape(str(report["run"]))}</h1>
-<p class="headline" id="headline">{html.escape(report["headline"])}</p>
-<p>Task: {html.escape(report["task"])}; {report["test_rows"]} held-out test rows; greedy decoding;
-price model: {html.escape(report["price"]["mode"])}.</p>
-<table id="summary"><thead><tr>{"".join(f"<th>{h}</th>" for h in header)}</tr></thead><tbody>{body}</tbody></table>
+<h1>Evaluation of {html.escape(report.run)}</h1>
+<p class="headline" id="headline">{html.escape(report.headline)}</p>
+<p>Task: {html.escape(report.task)}; {report.test_rows} held-out test rows; greedy decoding;
+price model: {html.escape(str(report.price.get("mode")))}.</p>
+{_table("summary", summary)}
 {paired}
-{constraint_table}
+{constraint_section}
 <section id="plots">{figures}</section>
 </body></html>
 """
 
 
-def _figures(report: dict[str, Any], rows: list[dict[str, Any]]):
+def _table(table_id: str, table: Table) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in table.columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in table.rows
+    )
+    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _figures(report: EvalReport):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [r["contender"] for r in rows]
+    contenders = report.contenders
+    names = [c.name for c in contenders]
     colors = ["#9aa5b1" if "shot" in n else "#2b8a3e" if n == "fine-tuned" else "#5c7cfa" for n in names]
 
     def bars(values, title, ylabel, errors=None):
@@ -126,39 +84,42 @@ def _figures(report: dict[str, Any], rows: list[dict[str, Any]]):
         fig.tight_layout()
         return fig
 
-    metric = rows[0]["metric"] if rows else "quality"
+    metric = contenders[0].quality.primary if contenders else "quality"
+    values = [c.quality.primary_value or 0.0 for c in contenders]
+    intervals = [c.quality.interval() for c in contenders]
     low = [
-        max(0.0, (r["value"] or 0) - (r["ci_low"] if r["ci_low"] is not None else r["value"] or 0))
-        for r in rows
+        max(0.0, v - (i.ci_low if i.ci_low is not None else v))
+        for v, i in zip(values, intervals, strict=True)
     ]
     high = [
-        max(0.0, (r["ci_high"] if r["ci_high"] is not None else r["value"] or 0) - (r["value"] or 0))
-        for r in rows
+        max(0.0, (i.ci_high if i.ci_high is not None else v) - v)
+        for v, i in zip(values, intervals, strict=True)
     ]
     yield (
         "quality",
         f"{metric} per contender, with 95% bootstrap intervals",
-        bars([r["value"] for r in rows], f"Quality ({metric})", metric, errors=[low, high]),
+        bars(values, f"Quality ({metric})", metric, errors=[low, high]),
     )
-    yield "tokens", "Input and output tokens per request", _stacked(plt, names, rows)
+    yield "tokens", "Input and output tokens per request", _stacked(plt, names, contenders)
+    p50_ms = [None if c.latency.batch1_p50_s is None else c.latency.batch1_p50_s * 1000 for c in contenders]
     yield (
         "latency",
         "Latency per request at batch size 1 (p50)",
-        bars([r["latency_p50_ms"] for r in rows], "Latency, batch size 1", "ms (p50)"),
+        bars(p50_ms, "Latency, batch size 1", "ms (p50)"),
     )
     yield (
         "cost",
         "Cost per 1,000 requests",
-        bars([r["cost_per_1k"] for r in rows], "Cost per 1,000 requests", "USD"),
+        bars([c.cost_per_1k for c in contenders], "Cost per 1,000 requests", "USD"),
     )
-    yield "loss", "Training and validation loss", _loss(plt, report.get("training", {}).get("curves") or {})
+    yield "loss", "Training and validation loss", _loss(plt, report.training.curves)
     yield "confusions", "Top confusions of the fine-tuned model", _confusions(plt, report)
 
 
-def _stacked(plt, names, rows):
+def _stacked(plt, names, contenders):
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
-    inputs = [r["prompt_tokens"] or 0 for r in rows]
-    outputs = [r["completion_tokens"] or 0 for r in rows]
+    inputs = [c.tokens.prompt_mean for c in contenders]
+    outputs = [c.tokens.completion_mean for c in contenders]
     ax.bar(names, inputs, label="input", color="#748ffc")
     ax.bar(names, outputs, bottom=inputs, label="output", color="#ffa94d")
     ax.set_title("Tokens per request")
@@ -170,22 +131,22 @@ def _stacked(plt, names, rows):
 
 def _loss(plt, curves):
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
-    for key, style in (("train", "-"), ("val", "o-")):
-        points = curves.get(key) or []
+    for points, key, style in ((curves.train, "train", "-"), (curves.val, "val", "o-")):
         if points:
             ax.plot([p[0] for p in points], [p[1] for p in points], style, label=key)
-    if not any(curves.get(k) for k in ("train", "val")):
+    logged = bool(curves.train or curves.val)
+    if not logged:
         ax.text(0.5, 0.5, "no training log", ha="center", va="center", transform=ax.transAxes)
     ax.set_title("Loss")
     ax.set_xlabel("step")
-    ax.legend(loc="upper right") if any(curves.get(k) for k in ("train", "val")) else None
+    if logged:
+        ax.legend(loc="upper right")
     fig.tight_layout()
     return fig
 
 
 def _confusions(plt, report):
-    tuned = next((c for c in report["contenders"] if c["role"] == "fine-tuned"), None)
-    confusions = ((tuned or {}).get("quality", {}).get("details") or {}).get("confusions") or []
+    confusions = report.tuned().quality.details.get("confusions") or []
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
     if confusions:
         top = confusions[:8][::-1]

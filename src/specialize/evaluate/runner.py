@@ -3,12 +3,13 @@
 For each contender: batched greedy generation over the test split (quality, tokens, batched
 throughput), then a timed sample at batch size 1 (latency as a single user sees it). Then task
 metrics with bootstrap intervals, a paired test of the fine-tuned model against the best
-baseline, costs and the break-even point. The result is a plain dict (report.json) that the
+baseline, costs and the break-even point. The result is an `EvalReport` (report.json) that the
 report writers render.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -19,20 +20,32 @@ from typing import Any
 
 import numpy as np
 
-from specialize.constrain import NONE
-from specialize.constrain.for_run import recorded_contract
+from specialize.constrain import NONE, OutputContract
+from specialize.data.contract import run_contract
 from specialize.data.prepare import read_splits
 from specialize.errors import RunError
-from specialize.evaluate.constraint_effect import constraint_effect
+from specialize.evaluate.constraint_effect import constraint_effect, contract_verdict, paired
 from specialize.evaluate.contenders import Contender, build_contenders
 from specialize.evaluate.cost import break_even_requests, cost_per_1k_requests, training_cost
 from specialize.evaluate.headline import headline
-from specialize.evaluate.metrics import MetricResult, compute_metrics, metric_ci, paired_test
+from specialize.evaluate.metrics import MetricResult, compute_metrics, metric_ci
 from specialize.evaluate.report import write_report
-from specialize.evaluate.stats import mcnemar
 from specialize.inference import generate, load_run
 from specialize.models.chat import render_reply
 from specialize.outputs import detect_task
+from specialize.records.eval import (
+    Comparison,
+    ContenderResult,
+    EvalReport,
+    Interval,
+    Latency,
+    LossCurves,
+    Quality,
+    Sample,
+    Throughput,
+    Tokens,
+    TrainingSummary,
+)
 from specialize.run_dir import RunDir, open_run
 
 log = logging.getLogger(__name__)
@@ -52,82 +65,95 @@ def evaluate(
     *,
     max_test_examples: int | None = None,
     progress: Callable[[EvalProgress], None] | None = None,
-) -> dict[str, Any]:
+) -> EvalReport:
     """Evaluate a trained run against the prompt-engineering baselines; write `eval/report.*`."""
     run = open_run(run_path)
     trained = load_run(run.path)
     cfg = trained.config
+    record = trained.record
     splits = read_splits(run)
     test = splits.test[:max_test_examples] if max_test_examples else splits.test
     if not test:
         raise RunError(f"{run.path}: the run has no test rows (splits/test.jsonl is empty)")
     references = [e.completion or "" for e in test]
     completions = [e.completion or "" for e in splits.train]
-    kind = cfg.eval.task if cfg.eval.task != "auto" else trained.meta.get("task") or detect_task(completions)
-    labels = trained.meta.get("labels") or (sorted(set(completions)) if kind == "classification" else None)
+    recorded_task = record.task if record is not None else None
+    kind = cfg.eval.task if cfg.eval.task != "auto" else recorded_task or detect_task(completions)
+    labels = (record.labels if record is not None else None) or (
+        sorted(set(completions)) if kind == "classification" else None
+    )
     max_new = cfg.eval.max_new_tokens or _max_new_tokens(trained.loaded.tokenizer, splits.train)
     stop = ["\n"] if kind == "classification" else []
-
-    contract = recorded_contract(trained.meta, completions) if cfg.eval.constrained else NONE
+    contract = run_contract(run) if cfg.eval.constrained else NONE
 
     contenders = build_contenders(
         trained, splits.train, test, kind=kind, labels=labels, max_new_tokens=max_new
     )
-    results = []
+    results: list[ContenderResult] = []
+    metrics: dict[str, MetricResult] = {}
     for contender in contenders:
-        free = _measure(contender, references, kind, labels, max_new, stop, cfg.eval, progress)
+        free, free_metrics = _measure(contender, references, kind, labels, max_new, stop, cfg.eval, progress)
         if contract.kind != "none":
-            constrained = _measure(
+            constrained, constrained_metrics = _measure(
                 contender, references, kind, labels, max_new, stop, cfg.eval, progress, contract=contract
             )
-            free["constrained"] = constraint_effect(free, constrained, contract, contender.loaded)
+            free.constrained = constraint_effect(
+                free, free_metrics, constrained, constrained_metrics, contract, contender.loaded
+            )
         results.append(free)
+        metrics[free.name] = free_metrics
 
-    tuned = next(r for r in results if r["role"] == "fine-tuned")
-    baselines = [r for r in results if r["role"] in ("zero-shot", "few-shot")]
-    best = max(baselines, key=lambda r: _nan_low(r["quality"]["primary_value"]))
-    comparison = _compare(tuned, best)
-    train_cost = training_cost(cfg.eval.price, float(trained.meta.get("train_seconds") or 0.0))
+    tuned = next(r for r in results if r.role == "fine-tuned")
+    baselines = [r for r in results if r.role in ("zero-shot", "few-shot")]
+    best = max(baselines, key=lambda r: _nan_low(r.quality.primary_value))
+    test_result = paired(metrics[tuned.name], metrics[best.name])
+    comparison = Comparison(
+        fine_tuned=tuned.name, best_baseline=best.name, metric=tuned.quality.primary, **test_result.to_dict()
+    )
+    train_seconds = record.train_seconds if record is not None else 0.0
+    train_cost = training_cost(cfg.eval.price, float(train_seconds or 0.0))
     for r in results:
-        r["break_even_requests"] = (
-            break_even_requests(train_cost, r["cost_per_1k"], tuned["cost_per_1k"])
-            if r is not tuned
-            else None
-        )
-    report = {
-        "run": str(run.path),
-        "task": kind,
-        "labels": labels,
-        "test_rows": len(test),
-        "max_new_tokens": max_new,
-        "output_contract": contract.to_dict(),
-        "price": cfg.eval.price.model_dump(),
-        "training": {
-            "seconds": trained.meta.get("train_seconds"),
-            "cost": train_cost,
-            "examples": (trained.meta.get("examples") or {}).get("train"),
-            "method": trained.meta.get("method"),
-            "curves": _loss_curves(run),
-        },
-        "contenders": results,
-        "comparison": comparison,
-        "samples": [
-            {
-                "input": e.user_text,
-                "reference": ref,
-                "predictions": {r["name"]: r["predictions"][i] for r in results},
-            }
+        if r is not tuned and r.cost_per_1k is not None and tuned.cost_per_1k is not None:
+            r.break_even_requests = break_even_requests(train_cost, r.cost_per_1k, tuned.cost_per_1k)
+    report = EvalReport(
+        run=str(run.path),
+        task=kind,
+        labels=labels,
+        test_rows=len(test),
+        max_new_tokens=max_new,
+        output_contract=contract.to_dict(),
+        price=cfg.eval.price.model_dump(),
+        training=TrainingSummary(
+            seconds=record.train_seconds if record is not None else None,
+            cost=train_cost,
+            examples=record.examples.train if record is not None else None,
+            method=record.method if record is not None else None,
+            curves=_loss_curves(run),
+        ),
+        contenders=results,
+        comparison=comparison,
+        samples=[
+            Sample(input=e.user_text, reference=ref, predictions={r.name: r.predictions[i] for r in results})
             for i, (e, ref) in enumerate(zip(test[:SAMPLES], references, strict=False))
         ],
-    }
-    report["headline"] = headline(report)
+        contract_verdict=contract_verdict(tuned),
+    )
+    report.headline = headline(report)
     write_report(run.eval_dir, report)
     return report
 
 
 def _measure(
-    contender: Contender, references, kind, labels, max_new, stop, eval_cfg, progress, contract=None
-) -> dict[str, Any]:
+    contender: Contender,
+    references: list[str],
+    kind: str,
+    labels: list[str] | None,
+    max_new: int,
+    stop: list[str],
+    eval_cfg: Any,
+    progress: Callable[[EvalProgress], None] | None,
+    contract: OutputContract | None = None,
+) -> tuple[ContenderResult, MetricResult]:
     total = len(contender.conversations)
     done = 0
     label = f"{contender.name}, constrained" if contract is not None else contender.name
@@ -168,58 +194,49 @@ def _measure(
     prompt_tokens = float(np.mean([o.prompt_tokens for o in outputs]))
     completion_tokens = float(np.mean([o.completion_tokens for o in outputs]))
     seconds_per_request = batched_seconds / total
-    return {
-        "name": contender.name,
-        "role": contender.role,
-        "quality": _quality(metrics, eval_cfg.bootstrap_resamples),
-        "tokens": {"prompt_mean": prompt_tokens, "completion_mean": completion_tokens},
-        "latency": {
-            "batch1_p50_s": _percentile(latencies, 50),
-            "batch1_p95_s": _percentile(latencies, 95),
-            "samples": len(latencies),
-        },
-        "throughput": {
-            "requests_per_s": total / batched_seconds if batched_seconds else None,
-            "batch_size": eval_cfg.batch_size,
-            "seconds": batched_seconds,
-        },
-        "cost_per_1k": cost_per_1k_requests(
+    result = ContenderResult(
+        name=contender.name,
+        role=contender.role,
+        quality=_quality(metrics, eval_cfg.bootstrap_resamples),
+        tokens=Tokens(prompt_mean=prompt_tokens, completion_mean=completion_tokens),
+        latency=Latency(
+            batch1_p50_s=_percentile(latencies, 50),
+            batch1_p95_s=_percentile(latencies, 95),
+            samples=len(latencies),
+        ),
+        throughput=Throughput(
+            requests_per_s=total / batched_seconds if batched_seconds else None,
+            batch_size=eval_cfg.batch_size,
+            seconds=batched_seconds,
+        ),
+        cost_per_1k=cost_per_1k_requests(
             eval_cfg.price,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             seconds_per_request=seconds_per_request,
         ),
-        "predictions": predictions,
-        "incomplete": sum(1 for o in outputs if o.complete is False),
-        "_metrics": metrics,  # dropped before writing; kept for the paired test
-    }
+        predictions=predictions,
+        incomplete=sum(1 for o in outputs if o.complete is False),
+    )
+    return result, metrics
 
 
-def _quality(metrics: MetricResult, resamples: int) -> dict[str, Any]:
+def _quality(metrics: MetricResult, resamples: int) -> Quality:
     intervals = {}
     for name in metrics.values:
         try:
             point, low, high = metric_ci(metrics, name, n_resamples=resamples)
         except KeyError:
             continue
-        intervals[name] = {"value": point, "ci_low": low, "ci_high": high}
-    return {
-        "primary": metrics.primary,
-        "primary_value": metrics.values.get(metrics.primary),
-        "values": metrics.values,
-        "ci95": intervals,
-        "details": metrics.details,
-        "per_item": metrics.per_item,
-    }
-
-
-def _compare(tuned: dict[str, Any], best: dict[str, Any]) -> dict[str, Any]:
-    a, b = tuned["_metrics"], best["_metrics"]
-    if a.kind == "classification":
-        test = mcnemar([x > 0.5 for x in a.per_item["accuracy"]], [x > 0.5 for x in b.per_item["accuracy"]])
-    else:
-        test = paired_test(a, b)
-    return {"fine_tuned": tuned["name"], "best_baseline": best["name"], "metric": a.primary, **test.to_dict()}
+        intervals[name] = Interval(value=point, ci_low=low, ci_high=high)
+    return Quality(
+        primary=metrics.primary,
+        primary_value=metrics.values.get(metrics.primary),
+        values=metrics.values,
+        ci95=intervals,
+        details=_jsonable(metrics.details),
+        per_item=metrics.per_item,
+    )
 
 
 def _max_new_tokens(tokenizer: Any, train: list[Any]) -> int:
@@ -238,10 +255,8 @@ def _max_new_tokens(tokenizer: Any, train: list[Any]) -> int:
     return int(np.percentile(lengths, 99)) + 8
 
 
-def _loss_curves(run: RunDir) -> dict[str, list[list[float]]]:
-    import json
-
-    curves: dict[str, list[list[float]]] = {"train": [], "val": []}
+def _loss_curves(run: RunDir) -> LossCurves:
+    curves = LossCurves()
     if not run.metrics.is_file():
         return curves
     for line in run.metrics.read_text(encoding="utf-8").splitlines():
@@ -250,10 +265,23 @@ def _loss_curves(run: RunDir) -> dict[str, list[list[float]]]:
         except ValueError:
             continue
         if "loss" in record:
-            curves["train"].append([record["step"], record["loss"]])
+            curves.train.append([record["step"], record["loss"]])
         if "eval_loss" in record:
-            curves["val"].append([record["step"], record["eval_loss"]])
+            curves.val.append([record["step"], record["eval_loss"]])
     return curves
+
+
+def _jsonable(value: Any) -> Any:
+    """NaN and numpy scalars out of the metrics' diagnostics, so report.json is strict JSON."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return None
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return _jsonable(value.item())
+    return value
 
 
 def _percentile(values: list[float], q: float) -> float | None:

@@ -19,16 +19,18 @@ from typing import Any
 
 from specialize.atomic import make_temp_dir, replace_dir
 from specialize.config import RunConfig, save_config
-from specialize.constrain.for_run import training_contract
+from specialize.data.contract import training_contract
 from specialize.data.prepare import prepare_splits, read_splits, write_splits
 from specialize.data.tokenize import encode
 from specialize.errors import RunError
 from specialize.models.load import load_model
 from specialize.models.registry import weights_fingerprint
 from specialize.outputs import detect_task
+from specialize.records.run import BaseModelRecord, ExampleCounts, RunRecord
 from specialize.run_dir import RunDir
 from specialize.train.callbacks import MetricsLogCallback, ProgressCallback, TrainProgress
 from specialize.train.collator import CompletionCollator, EncodedDataset, PackedCollator, supervised_loss
+from specialize.train.trackers import requested_trackers, tracker_callbacks
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class TrainResult:
     run: RunDir
-    meta: dict[str, Any]
+    # None on ranks other than 0 of a distributed run: only rank 0 writes run.json.
+    record: RunRecord | None
 
 
 def train(
@@ -74,6 +77,7 @@ def train(
     completions = [e.completion or "" for e in splits.train]
     # Resolved before anything is written: a bad output schema must not cost a training run.
     contract = training_contract(config.data.output_schema, completions)
+    trackers = requested_trackers(config.train)
     if not resume and main:
         run.path.mkdir(parents=True, exist_ok=True)
         save_config(config, run.config_file)
@@ -87,6 +91,7 @@ def train(
         loaded.model.set_attn_implementation(attention)
     model = _prepare_model(loaded.model, config)
 
+    report_to, tracker_cbs = tracker_callbacks(trackers, run.tensorboard, main)
     has_val = val_set is not None and len(val_set) > 0
     early_stop = has_val and config.train.early_stopping_patience is not None
     on_cuda = loaded.model.device.type == "cuda"
@@ -125,11 +130,11 @@ def train(
         remove_unused_columns=False,
         prediction_loss_only=True,
         disable_tqdm=True,
-        report_to="none",
+        report_to=report_to,
         dataloader_num_workers=0,
     )
     metrics_cb = MetricsLogCallback(run.metrics, resume_step=_checkpoint_step(checkpoint), is_main=main)
-    callbacks: list[Any] = [metrics_cb]
+    callbacks: list[Any] = [metrics_cb, *tracker_cbs]
     if progress is not None:
         callbacks.append(ProgressCallback(progress, metrics_cb))
     if early_stop:
@@ -154,50 +159,39 @@ def train(
         train_seconds = time.perf_counter() - started
         val_loss = trainer.evaluate()["eval_loss"] if has_val else None
 
-    meta: dict[str, Any] = {}
+    record = None
     if trainer.is_world_process_zero():
         _save_weights(model, tokenizer, run, config)
         task = detect_task(completions)
-        meta = {
-            "base_model": loaded.ref.to_dict(),
-            "base_fingerprint": weights_fingerprint(loaded.ref),
-            "method": config.method.kind,
-            "task": task,
-            "labels": sorted(set(completions)) if task == "classification" else None,
-            "output_contract": contract.to_dict(),
-            "examples": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
-            "steps": output.global_step,
-            "train_loss": output.training_loss,
-            "val_loss": val_loss,
-            "train_seconds": round(train_seconds, 2),
-            "resumed": resume,
-            "supervised_tokens": sum(len(i["labels"]) - i["labels"].count(-100) for i in train_set.items),
-            "tokens_per_second": metrics_cb.last_tokens_per_second,
-            "precision": "bf16" if bf16 else "fp32",
-            "attention": attention or "default",
-            "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        run.write_meta(meta)
-        _write_profile(run, tokenizer)
-    return TrainResult(run=run, meta=meta)
-
-
-def _write_profile(run: RunDir, tokenizer: Any) -> None:
-    """The reference profile for drift monitoring; a failure here must not lose a trained run
-    (`specialize profile RUN` rebuilds it)."""
-    from specialize.monitor.profile import write_profile
-
-    try:
-        write_profile(run, tokenizer)
-    except Exception as exc:  # noqa: BLE001 - reported, and recoverable with `specialize profile`
-        log.warning("could not write profile.json (%s); run `specialize profile %s`", exc, run.path)
+        record = RunRecord(
+            base_model=BaseModelRecord(**loaded.ref.to_dict()),
+            base_fingerprint=weights_fingerprint(loaded.ref),
+            method=config.method.kind,
+            task=task,
+            labels=sorted(set(completions)) if task == "classification" else None,
+            output_contract=contract.to_dict(),
+            examples=ExampleCounts(train=len(splits.train), val=len(splits.val), test=len(splits.test)),
+            steps=output.global_step,
+            train_loss=output.training_loss,
+            val_loss=val_loss,
+            train_seconds=round(train_seconds, 2),
+            resumed=resume,
+            supervised_tokens=sum(len(i["labels"]) - i["labels"].count(-100) for i in train_set.items),
+            tokens_per_second=metrics_cb.last_tokens_per_second,
+            precision="bf16" if bf16 else "fp32",
+            attention=attention or "default",
+            trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
+            report_to=trackers,
+            finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        )
+        run.write_record(record)
+    return TrainResult(run=run, record=record)
 
 
 def _autocast_lora_inputs(model: Any, bf16: bool) -> Any:
     """Under bf16 autocast, PEFT's cast of every LoRA layer's input to the fp32 adapter dtype is
-    wasted: autocast casts it back to bf16 for the matmul. Skipping it cut the peak RSS of
-    benchmarks/train_throughput.py from 2.5 to 2.2 GB."""
+    wasted: autocast casts it back to bf16 for the matmul, and the fp32 copy of every input costs
+    memory until backward (benchmarks/train_throughput.py measures the peak RSS)."""
     import contextlib
 
     if not bf16 or not hasattr(model, "peft_config"):
@@ -213,10 +207,10 @@ EAGER_MAX_ROW_TOKENS = 512
 def _attention_kernel(config: RunConfig, device: str, *datasets: EncodedDataset | None) -> str | None:
     """The attention implementation to train with, or None for the model's default.
 
-    On CPU, torch's flash-attention kernel (what sdpa picks) was 27% slower per training step
-    than eager attention's plain matmuls for rows of 240 tokens (SmolLM2, bf16, forward and
-    backward). Eager keeps a (row x row) matrix per head and layer for the backward pass, so it is
-    only chosen while rows stay short: packed rows are at most `pack_tokens` or the longest example.
+    On CPU, torch's flash-attention kernel (what sdpa picks) is slower per training step than
+    eager attention's plain matmuls while rows are short (benchmarks/train_throughput.py --ablation
+    measures it). Eager keeps a (row x row) matrix per head and layer for the backward pass, so it
+    is only chosen while rows stay short: packed rows are at most `pack_tokens` or the longest example.
     """
     if config.train.attention != "auto":
         return config.train.attention
@@ -228,8 +222,8 @@ def _attention_kernel(config: RunConfig, device: str, *datasets: EncodedDataset 
 
 
 def _use_bf16(config: RunConfig) -> bool:
-    """bf16 mixed precision when asked, or under `auto` where bf16 matmuls are native: on this
-    kind of CPU (AVX512-BF16) they run about 4.7x faster than fp32 ones."""
+    """bf16 mixed precision when asked, or under `auto` where bf16 matmuls are native (CUDA, and
+    CPUs with AVX512-BF16/AMX, where they run several times faster than fp32 ones)."""
     from specialize.models.load import default_device, native_bf16
 
     if config.train.precision != "auto":

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from specialize.cli_support import console, quiet_libraries, user_errors
+from specialize.cli.common import console, quiet_libraries, user_errors
 
 adapters_app = typer.Typer(
     help="The adapter registry: named, versioned LoRA adapters that `specialize serve` can serve.",

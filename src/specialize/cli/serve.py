@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from specialize.cli_support import console, quiet_libraries, user_errors
+from specialize.cli.common import console, quiet_libraries, user_errors
 from specialize.models.bundled import DEFAULT_MODEL
 
 API_KEY_ENV = "SPECIALIZE_API_KEYS"
@@ -56,8 +56,10 @@ def serve(
 ) -> None:
     """Serve the base model and its adapters over HTTP, OpenAI-compatible (Ctrl-C stops cleanly)."""
     quiet_libraries()
-    from specialize.serve import ServeOptions
-    from specialize.serve import serve as run_server
+    from specialize.monitor.drift import drift_for_adapter
+    from specialize.serve.app import serve as run_server
+    from specialize.serve.options import ServeOptions
+    from specialize.serve.server import ModelServer
 
     keys = list(api_key or []) + [k.strip() for k in os.environ.get(API_KEY_ENV, "").split(",") if k.strip()]
     options = ServeOptions(
@@ -79,7 +81,7 @@ def serve(
         threads=threads,
     )
 
-    def ready(server) -> None:
+    def ready(server: ModelServer) -> None:
         names = ", ".join(sorted(server.served)) or "none"
         console.print(f"[green]serving[/] {server.base_id} with adapters: {names}", highlight=False)
         if server.skipped:
@@ -89,7 +91,8 @@ def serve(
 
     console.print(f"[dim]loading {model}...[/]", highlight=False)
     try:
-        run_server(options, ready=ready)
+        # The drift route's reports come from the monitor layer, which sits above serving.
+        run_server(options, ready=ready, drift=drift_for_adapter)
     except KeyboardInterrupt:  # uvicorn has already drained in-flight requests
         pass
     console.print("stopped")

@@ -1,6 +1,6 @@
 """Shared pieces of the command line: consoles, error handling, library quieting.
 
-Command modules (`specialize.commands.*`) import these; `specialize.cli` registers the commands.
+Every command module of `specialize.cli` imports these; `specialize.cli` registers the commands.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import logging
 import os
 import sys
 import warnings
+from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -54,3 +56,18 @@ def quiet_libraries() -> None:
         hf_logging.disable_progress_bar()
     except ImportError:  # transformers missing is reported by the command that needs it
         pass
+
+
+# Options several commands share, typed once so that their help reads the same everywhere.
+DataOpt = Annotated[
+    Path | None, typer.Option("--data", help="Training examples (.jsonl/.json/.csv/.parquet).")
+]
+ModelOpt = Annotated[
+    str | None, typer.Option("--model", help="Base model: bundled alias, HF dir, .gguf, hub id.")
+]
+InputFieldOpt = Annotated[str | None, typer.Option("--input-field", help="Column holding the request.")]
+OutputFieldOpt = Annotated[str | None, typer.Option("--output-field", help="Column holding the answer.")]
+FreeOpt = Annotated[
+    bool,
+    typer.Option("--free", help="Decode freely instead of under the run's output contract (labels, schema)."),
+]

@@ -1,0 +1,43 @@
+"""The `specialize` command line: a dispatch table from subcommand to a small module.
+
+Each command module parses its options, calls one function of the library (`specialize.api`
+or the package that owns the concept), and renders the result with rich. No logic lives here
+that the Python API lacks. User errors (`SpecializeError`) print as one clear message, without a
+traceback, and set the exit code (`specialize.cli.common.user_errors`).
+"""
+
+from __future__ import annotations
+
+import typer
+
+from specialize.cli import adapters, check, evaluate, generate, serve, train
+from specialize.commands import export, monitor
+
+app = typer.Typer(
+    help="Turn a general pre-trained LLM into a specialist for one task, and prove it paid off.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# subcommand -> the function that implements it, in the order `--help` lists them.
+COMMANDS = {
+    "check": check.check,
+    "train": train.train,
+    "eval": evaluate.evaluate,
+    "run": evaluate.run,
+    "generate": generate.generate,
+    "chat": generate.chat,
+    "serve": serve.serve,
+    "export": export.export,
+    "profile": monitor.profile,
+    "drift": monitor.drift,
+}
+GROUPS = {"adapters": adapters.adapters_app}
+
+for name, command in COMMANDS.items():
+    app.command(name=name)(command)
+for name, group in GROUPS.items():
+    app.add_typer(group, name=name)
+
+__all__ = ["COMMANDS", "GROUPS", "app"]

@@ -1,0 +1,1 @@
+"""The run's records: typed models of the JSON files a run directory holds."""

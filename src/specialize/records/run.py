@@ -1,0 +1,65 @@
+"""`run.json`: what training wrote about a run, as one typed record.
+
+Training builds a `RunRecord` and the run directory writes it; evaluation, inference, the
+registry, the monitor and export read it back through `RunDir.record()`. Unknown keys are kept
+(`extra="allow"`) so that a run written by a newer version still loads, and every field that an
+older version did not write has a default, so older run directories load too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from specialize.constrain.contract import OutputContract
+from specialize.outputs import TaskKind
+
+
+class BaseModelRecord(BaseModel):
+    """The base model a run was trained on: what the user wrote and where its weights were."""
+
+    model_config = ConfigDict(extra="allow")
+
+    ref: str
+    kind: str
+    path: str
+    model_id: str
+
+
+class ExampleCounts(BaseModel):
+    train: int = 0
+    val: int = 0
+    test: int = 0
+
+
+class RunRecord(BaseModel):
+    """The facts of one finished training run."""
+
+    model_config = ConfigDict(extra="allow")
+
+    base_model: BaseModelRecord | None = None  # every run training wrote has it; hand-made ones may not
+    base_fingerprint: str | None = None
+    method: str = "lora"
+    task: TaskKind | None = None
+    labels: list[str] | None = None
+    output_contract: dict[str, Any] | None = Field(
+        None, description="The OutputContract training recorded (its to_dict()); None on runs made before."
+    )
+    examples: ExampleCounts = Field(default_factory=ExampleCounts)
+    steps: int = 0
+    train_loss: float | None = None
+    val_loss: float | None = None
+    train_seconds: float = 0.0
+    resumed: bool = False
+    supervised_tokens: int | None = None
+    tokens_per_second: float | None = None
+    precision: str = "fp32"
+    attention: str = "default"
+    trainable_parameters: int | None = None
+    report_to: list[str] = Field(default_factory=list, description="Experiment trackers that got the logs.")
+    finished_at: str | None = None
+
+    def recorded_contract(self) -> OutputContract | None:
+        """The contract training recorded, or None for runs made before contracts existed."""
+        return OutputContract.from_dict(self.output_contract) if self.output_contract else None

@@ -1,0 +1,137 @@
+"""How fast this machine trains this model: a short measured run, cached per model and machine.
+
+`specialize check` turns a dataset's token count into a training-time estimate. A fixed
+throughput would only be right for the model and the CPU it was measured on, so the estimate
+comes from a calibration instead: a few real optimizer steps of the same training code (the same
+precision, attention kernel, packing and adapter) on a sample of the user's own rows. The
+result is cached under the cache directory, keyed by the model's weights, the machine (CPU,
+cores, torch threads, torch version) and the settings that change the speed, so only the first
+check of a model on a machine pays for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from specialize.atomic import atomic_write_text
+from specialize.config import RunConfig
+from specialize.models.load import cache_dir
+from specialize.models.registry import resolve_model, weights_fingerprint
+
+CALIBRATION_STEPS = 12  # enough that the first step's one-off costs weigh little; seconds on a CPU
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Training throughput measured on this machine: tokens per second as training counts them
+    (every input token of the packed rows), over `steps` optimizer steps of batch `batch_size`."""
+
+    tokens_per_second: float
+    steps: int
+    seconds: float
+    batch_size: int
+    precision: str
+    machine: str
+    measured_at: str
+    cached: bool = False
+
+
+def machine_description() -> str:
+    """The facts of this machine that set training speed."""
+    import torch
+
+    cpu = _cpu_model() or platform.processor() or platform.machine()
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return f"{cpu}; {os.cpu_count()} cores; {torch.get_num_threads()} torch threads; {device}; torch {torch.__version__}"
+
+
+def calibrate(config: RunConfig, data_file: str | Path, *, use_cache: bool = True) -> Calibration:
+    """Measure (or read from the cache) the training throughput of `config` on rows of `data_file`."""
+    key = _cache_key(config)
+    path = cache_dir() / "calibration" / f"{key}.json"
+    if use_cache and path.is_file():
+        try:
+            return Calibration(**{**json.loads(path.read_text(encoding="utf-8")), "cached": True})
+        except (ValueError, TypeError):
+            pass  # a damaged cache entry is measured again
+    measured = _measure(config, Path(data_file))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(asdict(measured), indent=2) + "\n")
+    return measured
+
+
+def _measure(config: RunConfig, data_file: Path) -> Calibration:
+    from specialize.train.sft import train
+
+    steps = CALIBRATION_STEPS
+    probe = config.model_copy(deep=True)
+    probe.data.train = str(data_file)
+    probe.data.test = None
+    probe.data.val_fraction = 0.0  # no validation passes: only the training step is timed
+    probe.data.max_train_examples = probe.train.batch_size * probe.train.grad_accum * steps
+    probe.train.max_steps = steps
+    probe.train.eval_every = steps + 1  # and no checkpoint saved
+    probe.train.log_every = max(1, steps // 3)
+    probe.train.early_stopping_patience = None
+    probe.train.report_to = "none"
+    workdir = Path(tempfile.mkdtemp(prefix="specialize-calibrate-"))
+    began = time.perf_counter()
+    try:
+        result = train(probe, workdir / "run")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    record = result.record
+    if record is None or not record.tokens_per_second:
+        raise RuntimeError("the calibration run logged no throughput")
+    return Calibration(
+        tokens_per_second=float(record.tokens_per_second),
+        steps=record.steps,
+        seconds=round(time.perf_counter() - began, 2),
+        batch_size=probe.train.batch_size * probe.train.grad_accum,
+        precision=record.precision,
+        machine=machine_description(),
+        measured_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
+
+
+def _cache_key(config: RunConfig) -> str:
+    ref = resolve_model(config.model.base)
+    settings = {
+        "model": weights_fingerprint(ref),
+        "machine": machine_description(),
+        "method": config.method.model_dump(mode="json"),
+        "dtype": config.model.dtype,
+        "max_seq_len": config.model.max_seq_len,
+        "train": config.train.model_dump(
+            mode="json",
+            include={
+                "batch_size",
+                "grad_accum",
+                "packing",
+                "pack_tokens",
+                "attention",
+                "precision",
+                "threads",
+            },
+        ),
+    }
+    blob = json.dumps(settings, sort_keys=True).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()[:20]
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        return None
+    return None
