@@ -65,7 +65,7 @@ def main() -> None:
     args = parser.parse_args()
     counts = [int(n) for n in args.adapters.split(",")]
 
-    from specialize.cli_support import quiet_libraries
+    from specialize.cli.common import quiet_libraries
 
     quiet_libraries()
     import torch
@@ -228,7 +228,8 @@ def interleave(url: str, names: list[str], counts: list[int], requests: int, arg
 def run_engine(work: Path, names: list[str], counts: list[int], args) -> dict:
     import httpx
 
-    from specialize.serve import ServeOptions, create_app
+    from specialize.serve.app import create_app
+    from specialize.serve.options import ServeOptions
 
     options = ServeOptions(
         model=MODEL,

@@ -42,11 +42,13 @@ def registry_dir(tmp_path_factory, tiny_model_dir) -> Path:
 
 
 @contextlib.contextmanager
-def running_server(tiny_model_dir: Path, registry_dir: Path, tmp_path: Path, **options):
-    """create_app + uvicorn in a thread on a free loopback port; yields (base_url, ModelServer, uvicorn)."""
+def running_server(tiny_model_dir: Path, registry_dir: Path, tmp_path: Path, drift=None, **options):
+    """create_app + uvicorn in a thread on a free loopback port; yields (base_url, ModelServer, uvicorn).
+    `drift` is the drift provider, as `specialize serve` passes it."""
     import uvicorn
 
-    from specialize.serve import ServeOptions, create_app
+    from specialize.serve.app import create_app
+    from specialize.serve.options import ServeOptions
 
     settings = ServeOptions(
         model=str(tiny_model_dir),
@@ -54,7 +56,7 @@ def running_server(tiny_model_dir: Path, registry_dir: Path, tmp_path: Path, **o
         request_log_path=tmp_path / "requests.sqlite",
         **options,
     )
-    app = create_app(settings)
+    app = create_app(settings, drift=drift)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -506,6 +508,7 @@ def test_adapter_drift_endpoint(tiny_model_dir, registry_dir, tmp_path):
     """GET /v1/adapters/{name}/drift: 'not enough data' on a quiet adapter, a verdict once traffic
     arrives, 404 without a training profile, 400 for the base model."""
     from specialize.data.example import Example, Source
+    from specialize.monitor.drift import drift_for_adapter
     from specialize.monitor.profile import profile_from_examples
 
     texts = [f"My card payment number {i} was declined at the shop" for i in range(60)]
@@ -516,7 +519,11 @@ def test_adapter_drift_endpoint(tiny_model_dir, registry_dir, tmp_path):
     run_root = registry_dir.parent / "alpha"
     (run_root / "profile.json").write_text(json.dumps(profile))
     try:
-        with running_server(tiny_model_dir, registry_dir, tmp_path) as (url, server, _):
+        with running_server(tiny_model_dir, registry_dir, tmp_path, drift=drift_for_adapter) as (
+            url,
+            server,
+            _,
+        ):
             quiet = httpx.get(f"{url}/v1/adapters/alpha/drift", timeout=60)
             assert quiet.status_code == 200 and quiet.json()["level"] == "not_enough_data"
             body = {"model": "alpha", "max_tokens": 2, "temperature": 0}

@@ -4,8 +4,11 @@
 `Engine` is the batching scheduler, usable without HTTP.
 """
 
-from specialize.serve.app import APIError, ModelServer, ServeOptions, create_app, serve
+from specialize.serve.app import create_app, serve
 from specialize.serve.engine import Completion, Engine, EngineStopped, QueueFull, SamplingParams
+from specialize.serve.errors import APIError
+from specialize.serve.options import ServeOptions
+from specialize.serve.server import ModelServer
 
 __all__ = [
     "APIError",

@@ -1,0 +1,483 @@
+"""Request handling behind the HTTP routes: one base model, its batching engine, the adapters
+requests may name, the request log and the metrics.
+
+`ModelServer` turns a validated OpenAI request into an engine submission and the engine's result
+into OpenAI's response, and owns everything that outlives one request. It knows nothing of
+routing or middleware (see `app.py`), nor of the drift monitor, which sits in a layer above
+serving: the drift report is computed by a `DriftProvider` that the caller passes in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from specialize.constrain import NONE, OutputContract, contract_from_response_format
+from specialize.errors import ConstraintError, DataError, RunError, SpecializeError
+from specialize.models.chat import render_prompt
+from specialize.registry.store import (
+    AdapterNotFoundError,
+    AdapterRecord,
+    AdapterRegistry,
+    IncompatibleAdapterError,
+    check_compatible,
+    check_name,
+)
+from specialize.serve.engine import (
+    Completion,
+    Engine,
+    EngineStopped,
+    QueueFull,
+    RequestHandle,
+    SamplingParams,
+)
+from specialize.serve.errors import APIError, error_body
+from specialize.serve.metrics import ServerMetrics
+from specialize.serve.options import ServeOptions, default_request_log_path
+from specialize.serve.protocol import (
+    SSE_END,
+    ChatCompletionRequest,
+    CompletionRequest,
+    LoadAdapterRequest,
+    Reply,
+    SamplingBody,
+    finish_reason,
+    sse,
+)
+
+log = logging.getLogger(__name__)
+
+CONSTRAINT_HEADER = "x-specialize-constraint"
+
+
+class DriftProvider(Protocol):
+    """Computes an adapter's drift report: `(run_dir, request_log_path, adapter_name, window,
+    tokenizer=...)` to JSON-ready data, as `specialize.monitor.drift.drift_for_adapter` does.
+    It may raise `RunError` (no training profile) or `DataError` (the log cannot be read)."""
+
+    def __call__(
+        self, run_dir: Path, log_path: Path, adapter: str, window: int, /, *, tokenizer: Any
+    ) -> dict[str, Any]: ...
+
+
+@dataclass
+class _Context:
+    """What one completion request needs for its response, metrics and log row."""
+
+    endpoint: str
+    adapter: AdapterRecord | None
+    prompt_log: str
+    prompt_tokens: int
+    arrived: float
+    reply: Reply
+    constraint: str = "none"  # the kind of output contract applied
+
+    @property
+    def model(self) -> str:
+        return self.reply.model
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {CONSTRAINT_HEADER: self.constraint}
+
+
+class ModelServer:
+    """The base model, its engine, the served adapters, metrics and the request log."""
+
+    def __init__(self, options: ServeOptions, loaded: Any = None, *, drift: DriftProvider | None = None):
+        import torch
+
+        from specialize.models.load import load_model
+        from specialize.models.registry import weights_fingerprint
+        from specialize.serve.adapters import ResidentAdapters
+
+        if options.threads:
+            torch.set_num_threads(options.threads)
+        self.options = options
+        self.loaded = loaded if loaded is not None else load_model(options.model, dtype=options.dtype)
+        self.tokenizer = self.loaded.tokenizer
+        self.base_id = self.loaded.ref.model_id
+        self.base_aliases = {self.base_id, self.loaded.ref.ref}
+        self.base_fingerprint = weights_fingerprint(self.loaded.ref)
+        model = self.loaded.model
+        self.max_model_len = options.max_model_len or int(
+            getattr(model.config, "max_position_embeddings", 2048)
+        )
+        self.registry = AdapterRegistry(options.registry)
+        self.resident = ResidentAdapters(
+            model, capacity=options.max_resident_adapters, max_rank=options.max_lora_rank
+        )
+        self.engine = Engine(
+            model,
+            self.tokenizer,
+            adapters=self.resident,
+            max_batch=options.max_batch,
+            max_queue=options.max_queue,
+        )
+        self.served: dict[str, AdapterRecord] = {}
+        self.skipped: list[str] = []
+        self._adapter_contracts: dict[str, OutputContract] = {}  # by AdapterRecord.key
+        self._select_adapters(options.adapters)
+        self.metrics = ServerMetrics(self.engine, self.resident, lambda: len(self.served))
+        self.request_log = None
+        if options.request_log:
+            from specialize.serve.request_log import RequestLog
+
+            path = options.request_log_path or default_request_log_path()
+            self.request_log = RequestLog(path, store_text=options.log_text)
+        self._drift = drift
+        self.started = int(time.time())
+
+    def _select_adapters(self, names: list[str] | None) -> None:
+        if names is None:
+            for record in self.registry.list():
+                try:
+                    self._check_servable(record)
+                except SpecializeError as exc:
+                    self.skipped.append(record.name)
+                    log.warning("not serving adapter %s: %s", record.name, exc)
+                    continue
+                self.served[record.name] = record
+            return
+        for name in names:
+            record = self.registry.get(check_name(name))
+            self._check_servable(record)
+            self.served[record.name] = record
+
+    def _check_servable(self, record: AdapterRecord) -> None:
+        check_compatible(record, self.base_fingerprint, self.base_id)
+        if record.name in self.base_aliases:
+            raise IncompatibleAdapterError(f"adapter name '{record.name}' is the base model's id; rename it")
+
+    async def drift(self, name: str, window: int) -> dict[str, Any]:
+        """The drift report of an adapter's recent traffic against its run's training profile
+        (the same checks as `specialize drift`), computed off the event loop."""
+        if self._drift is None:
+            raise APIError(
+                501,
+                "drift reports are not available on this server: it was started without a drift "
+                "provider (`specialize serve` has one; `create_app(..., drift=...)` takes one)",
+                code="not_implemented",
+            )
+        record = self.resolve(name)
+        if record is None:
+            raise APIError(
+                400, "drift is measured per adapter; the base model has no training profile", param="name"
+            )
+        if not 1 <= window <= 10_000:
+            raise APIError(400, "window must be between 1 and 10000 requests", param="window")
+        if self.request_log is None:
+            raise APIError(503, "the request log is off on this server (started with --no-request-log)")
+        self.request_log.flush()
+        try:
+            return await asyncio.to_thread(
+                self._drift,
+                Path(record.source),
+                self.request_log.path,
+                name,
+                window,
+                tokenizer=self.tokenizer,
+            )
+        except RunError as exc:
+            raise APIError(
+                404, f"no training profile for adapter '{name}': {exc}", code="profile_not_found"
+            ) from None
+        except DataError as exc:
+            raise APIError(503, str(exc)) from None
+
+    def resolve(self, model: str) -> AdapterRecord | None:
+        """The served adapter a request's `model` names; None for the base model."""
+        if model in self.base_aliases:
+            return None
+        record = self.served.get(model)
+        if record is None:
+            known = ", ".join([self.base_id, *sorted(self.served)][:20])
+            raise APIError(
+                404,
+                f"The model '{model}' does not exist on this server; available: {known}",
+                param="model",
+                code="model_not_found",
+            )
+        return record
+
+    def model_card(self, record: AdapterRecord | None) -> dict[str, Any]:
+        if record is None:
+            return {
+                "id": self.base_id,
+                "object": "model",
+                "created": self.started,
+                "owned_by": "specialize",
+                "root": self.base_id,
+                "parent": None,
+                "output_contract": "none",
+            }
+        return {
+            "id": record.name,
+            "object": "model",
+            "created": int(record.created),
+            "owned_by": "specialize",
+            "root": self.base_id,
+            "parent": self.base_id,
+            "version": record.version,
+            "eval_headline": record.eval_headline,
+            # What the adapter replies by default: labels, json_schema or none (free text).
+            "output_contract": (record.output_contract or {}).get("kind", "none"),
+        }
+
+    # Adapters, while serving ---------------------------------------------------------------
+
+    async def load_adapter(self, body: LoadAdapterRequest) -> dict[str, Any]:
+        try:
+            check_name(body.name)
+            record = self.registry.get(body.name, body.version)
+            self._check_servable(record)
+        except AdapterNotFoundError as exc:
+            raise APIError(404, str(exc), param="name", code="adapter_not_found") from None
+        except SpecializeError as exc:
+            raise APIError(400, str(exc), param="name", code="invalid_adapter") from None
+        try:
+            resident = await asyncio.wrap_future(self.engine.call(lambda: self.resident.warm(record)))
+        except SpecializeError as exc:
+            raise APIError(400, str(exc), param="name", code="invalid_adapter") from None
+        previous = self.served.get(record.name)
+        self.served[record.name] = record
+        if previous is not None and previous.key != record.key:
+            self.engine.call(lambda: self.resident.unload(previous.key))
+        return {**self.model_card(record), "resident": resident}
+
+    async def unload_adapter(self, name: str) -> dict[str, Any]:
+        record = self.served.pop(name, None)
+        if record is None:
+            raise APIError(404, f"no adapter '{name}' is being served", param="name", code="model_not_found")
+        await asyncio.wrap_future(self.engine.call(lambda: self.resident.unload(record.key)))
+        return {"id": name, "object": "model", "deleted": True}
+
+    # Completions ---------------------------------------------------------------------------
+
+    async def complete(self, body: ChatCompletionRequest | CompletionRequest) -> Any:
+        arrived = time.time()
+        adapter = self.resolve(body.model)
+        problem = body.unsupported()
+        if problem is not None:
+            raise APIError(400, problem[1], param=problem[0], code="unsupported_parameter")
+        if isinstance(body, ChatCompletionRequest):
+            endpoint, prefix = "chat.completions", "chatcmpl"
+            messages = [m.as_dict() for m in body.messages]
+            prompt_log = json.dumps(messages, ensure_ascii=False)
+            ids = self.tokenizer(render_prompt(self.tokenizer, messages), add_special_tokens=False)[
+                "input_ids"
+            ]
+            max_tokens = body.max_completion_tokens or body.max_tokens
+            default_max = self.options.default_max_tokens
+            param = "messages"
+        else:
+            endpoint, prefix, param = "completions", "cmpl", "prompt"
+            prompt_log, ids = self._completion_prompt(body.prompt)
+            max_tokens, default_max = body.max_tokens, 16  # OpenAI's default for completions
+        reply = Reply(
+            chat=endpoint == "chat.completions",
+            id=f"{prefix}-{uuid.uuid4().hex[:24]}",
+            created=int(arrived),
+            model=body.model,
+            system_fingerprint=f"fp_{self.base_fingerprint[:12]}",
+            include_usage=body.include_usage,
+        )
+        ctx = _Context(endpoint, adapter, prompt_log, len(ids), arrived, reply)
+        try:
+            params = self._sampling(body, len(ids), max_tokens, default_max, param)
+            contract = self._contract(body, adapter)
+            if contract.kind != "none":
+                # Compiling (the tokenizer's table once, then each new contract) is off the event loop.
+                constraint = await asyncio.to_thread(self._compile, contract, body.response_format is None)
+                params = dataclasses.replace(params, constraint=constraint)
+            ctx.constraint = contract.kind
+        except APIError as exc:
+            self._record(ctx, exc.status, None)
+            raise
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+
+        def on_event(event: tuple[str, Any]) -> None:
+            if body.stream or event[0] != "delta":
+                loop.call_soon_threadsafe(events.put_nowait, event)
+
+        try:
+            handle = self.engine.submit(ids, params, adapter, on_event)
+        except QueueFull as exc:
+            self._record(ctx, 503, None)
+            raise APIError(
+                503, f"the server is busy: {exc}", code="queue_full", headers={"Retry-After": "1"}
+            ) from None
+        except EngineStopped as exc:
+            self._record(ctx, 503, None)
+            raise APIError(503, str(exc), code="shutting_down") from None
+        if body.stream:
+            return StreamingResponse(
+                self._stream(ctx, handle, events),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **ctx.headers},
+            )
+        try:
+            kind, payload = await events.get()
+        except asyncio.CancelledError:
+            handle.cancel()
+            raise
+        if kind == "error":
+            self._record(ctx, 500, None)
+            raise APIError(500, f"generation failed: {payload}")
+        self._record(ctx, 200, payload)
+        return JSONResponse(reply.response(payload), headers=ctx.headers)
+
+    def _contract(self, body: SamplingBody, adapter: AdapterRecord | None) -> OutputContract:
+        """The request's response_format if it has one, else the adapter's recorded contract."""
+        if body.response_format is not None:
+            try:
+                return contract_from_response_format(body.response_format)
+            except ConstraintError as exc:
+                raise APIError(400, str(exc), param="response_format", code="invalid_value") from None
+        if adapter is None or not adapter.output_contract:
+            return NONE
+        contract = self._adapter_contracts.get(adapter.key)
+        if contract is None:
+            try:
+                contract = OutputContract.from_dict(adapter.output_contract)
+            except ConstraintError as exc:  # the registry validated it when the adapter was added
+                raise APIError(
+                    500, f"adapter '{adapter.name}' has an invalid output contract: {exc}"
+                ) from None
+            self._adapter_contracts[adapter.key] = contract
+        return contract
+
+    def _compile(self, contract: OutputContract, from_adapter: bool) -> Any:
+        try:
+            return self.engine.compile(contract)
+        except ConstraintError as exc:
+            if from_adapter:
+                raise APIError(
+                    500,
+                    f"the adapter's output contract cannot be enforced on this model: {exc}; send "
+                    'response_format {"type": "text"} for free text',
+                ) from None
+            raise APIError(400, str(exc), param="response_format", code="invalid_value") from None
+
+    def _completion_prompt(
+        self, prompt: str | list[str] | list[int] | list[list[int]]
+    ) -> tuple[str, list[int]]:
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+            prompt = prompt[0]
+        if isinstance(prompt, str):
+            return prompt, self.tokenizer(prompt)["input_ids"]
+        if prompt and all(isinstance(t, int) for t in prompt):
+            vocab = len(self.tokenizer)
+            if any(t < 0 or t >= vocab for t in prompt):  # type: ignore[operator]
+                raise APIError(400, f"token ids must be in [0, {vocab})", param="prompt")
+            ids = list(prompt)  # type: ignore[arg-type]
+            return self.tokenizer.decode(ids), ids
+        raise APIError(400, "send one prompt (a string or a list of token ids) per request", param="prompt")
+
+    def _sampling(
+        self, body: SamplingBody, n_prompt: int, max_tokens: int | None, default_max: int, param: str
+    ) -> SamplingParams:
+        limit = self.options
+        if n_prompt == 0:
+            raise APIError(400, "the prompt is empty", param=param)
+        if n_prompt > limit.max_prompt_tokens:
+            raise APIError(
+                400,
+                f"the prompt has {n_prompt} tokens; this server accepts at most {limit.max_prompt_tokens}",
+                param=param,
+                code="context_length_exceeded",
+            )
+        room = self.max_model_len - n_prompt
+        if room < 1:
+            raise APIError(
+                400,
+                f"the prompt has {n_prompt} tokens; the model's context is {self.max_model_len}",
+                param=param,
+                code="context_length_exceeded",
+            )
+        if max_tokens is not None and max_tokens > limit.max_tokens_limit:
+            raise APIError(
+                400,
+                f"max_tokens is {max_tokens}; this server allows at most {limit.max_tokens_limit}",
+                param="max_tokens",
+                code="invalid_value",
+            )
+        if max_tokens is not None and max_tokens > room:
+            raise APIError(
+                400,
+                f"this model's context is {self.max_model_len} tokens: the prompt has {n_prompt} and "
+                f"max_tokens asks for {max_tokens}; reduce the prompt or max_tokens",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
+        return SamplingParams(
+            max_tokens=max_tokens or min(default_max, room, limit.max_tokens_limit),
+            temperature=1.0 if body.temperature is None else body.temperature,
+            top_p=1.0 if body.top_p is None else body.top_p,
+            stop=body.stop_list(),
+            seed=body.seed,
+            ignore_eos=body.ignore_eos,
+        )
+
+    async def _stream(self, ctx: _Context, handle: RequestHandle, events: asyncio.Queue):
+        reply = ctx.reply
+        finished = False
+        try:
+            if reply.chat:
+                yield reply.chunk(None, None, first=True)
+            while True:
+                kind, payload = await events.get()
+                if kind == "delta":
+                    yield reply.chunk(payload, None)
+                elif kind == "done":
+                    finished = True
+                    self._record(ctx, 200, payload)
+                    yield reply.chunk(None, finish_reason(payload))
+                    if reply.include_usage:
+                        yield reply.usage_chunk(payload)
+                    yield SSE_END
+                    return
+                else:
+                    finished = True
+                    self._record(ctx, 500, None)
+                    yield sse(error_body(f"generation failed: {payload}", "server_error"))
+                    return
+        finally:
+            if not finished:  # the client went away: free the batch row
+                handle.cancel()
+                self._record(ctx, 499, None)
+
+    def _record(self, ctx: _Context, status: int, done: Completion | None) -> None:
+        self.metrics.request(ctx.model, status, done)
+        if self.request_log is None:
+            return
+        adapter = ctx.adapter
+        self.request_log.record(
+            ts=ctx.arrived,
+            model=ctx.model,
+            adapter=adapter.name if adapter else None,
+            adapter_version=adapter.version if adapter else None,
+            endpoint=ctx.endpoint,
+            prompt=ctx.prompt_log,
+            completion=done.text if done else None,
+            prompt_tokens=ctx.prompt_tokens,
+            completion_tokens=done.completion_tokens if done else None,
+            latency_ms=(time.time() - ctx.arrived) * 1000.0,
+            finish_reason=done.finish_reason if done else ("cancelled" if status == 499 else "error"),
+            status=status,
+        )
+
+    def close(self) -> None:
+        self.engine.stop(drain=True, timeout=300)
+        if self.request_log is not None:
+            self.request_log.close()
