@@ -165,7 +165,7 @@ def test_registry_location_follows_the_environment(tmp_path, monkeypatch):
 def test_adapters_commands(tmp_path, runs):
     from typer.testing import CliRunner
 
-    from specialize.commands.adapters import adapters_app
+    from specialize.cli.adapters import adapters_app
 
     reg = str(tmp_path / "reg")
     cli = CliRunner()
@@ -212,7 +212,7 @@ def _with_contract(tmp_path: Path, run: Path, name: str, contract) -> Path:
 def test_the_runs_output_contract_is_recorded_and_round_trips(tmp_path, runs):
     from typer.testing import CliRunner
 
-    from specialize.commands.adapters import adapters_app
+    from specialize.cli.adapters import adapters_app
 
     schema = {"kind": "json_schema", "schema": {"type": "object", "properties": {"a": {"type": "integer"}}}}
     store = AdapterRegistry(tmp_path / "reg")
@@ -274,5 +274,5 @@ def test_a_registry_made_by_the_previous_version_gains_the_column(tmp_path, runs
     with sqlite3.connect(root / "registry.sqlite") as conn:
         columns = [row[1] for row in conn.execute("PRAGMA table_info(adapters)")]
     conn.close()
-    assert columns[-1] == "output_contract" and columns.count("output_contract") == 1
+    assert columns[-2:] == ["output_contract", "contract_off_reason"] and columns.count("output_contract") == 1
     assert AdapterRegistry(root).get("old", 1) == old  # a second opening does not ALTER again

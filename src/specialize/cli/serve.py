@@ -86,6 +86,8 @@ def serve(
         console.print(f"[green]serving[/] {server.base_id} with adapters: {names}", highlight=False)
         if server.skipped:
             console.print(f"[yellow]skipped[/] (trained on another base): {', '.join(server.skipped)}")
+        for name, reason in server.contracts_off().items():
+            console.print(f"[yellow]{name}: output contract off by default[/]: {reason}", highlight=False)
         auth = "API key required" if keys else "no API key"
         console.print(f"OpenAI base_url: http://{host}:{port}/v1  ({auth}; Ctrl-C stops)", highlight=False)
 

@@ -168,23 +168,28 @@ class ContractVerdict(_Record):
 
 
 class EvalReport(_Record):
-    run: str
-    task: str
+    # Every field has a default so that a partial report (hand-made, or cut down by another tool)
+    # still yields what it does hold, such as its headline.
+    run: str = ""
+    task: str = ""
     labels: list[str] | None = None
-    test_rows: int
-    max_new_tokens: int
+    test_rows: int = 0
+    max_new_tokens: int = 0
     output_contract: dict[str, Any] = Field(default_factory=lambda: {"kind": "none"})
     price: dict[str, Any] = Field(default_factory=dict)
     training: TrainingSummary = Field(default_factory=TrainingSummary)
-    contenders: list[ContenderResult]
+    contenders: list[ContenderResult] = Field(default_factory=list)
     comparison: Comparison | None = None
     samples: list[Sample] = Field(default_factory=list)
     contract_verdict: ContractVerdict = Field(default_factory=ContractVerdict)
     headline: str = ""
 
     def tuned(self) -> ContenderResult:
-        """The fine-tuned contender (every report has exactly one)."""
-        return next(c for c in self.contenders if c.role == TUNED)
+        """The fine-tuned contender (every report the evaluation writes has exactly one)."""
+        found = next((c for c in self.contenders if c.role == TUNED), None)
+        if found is None:
+            raise ValueError(f"the evaluation report of {self.run or 'this run'} has no fine-tuned contender")
+        return found
 
     def baselines(self) -> list[ContenderResult]:
         return [c for c in self.contenders if c.role in BASELINE_ROLES]

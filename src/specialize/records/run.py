@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from specialize.constrain.contract import OutputContract
+from specialize.errors import ConstraintError
 from specialize.outputs import TaskKind
 
 
@@ -59,6 +60,17 @@ class RunRecord(BaseModel):
     trainable_parameters: int | None = None
     report_to: list[str] = Field(default_factory=list, description="Experiment trackers that got the logs.")
     finished_at: str | None = None
+
+    @field_validator("output_contract", mode="before")
+    @classmethod
+    def _valid_contract(cls, value: Any) -> Any:
+        """A recorded contract must be one the decoder can enforce; say so when reading, not when serving."""
+        if value is None:
+            return None
+        try:
+            return OutputContract.from_dict(value).to_dict()
+        except ConstraintError as exc:
+            raise ValueError(str(exc)) from None
 
     def recorded_contract(self) -> OutputContract | None:
         """The contract training recorded, or None for runs made before contracts existed."""

@@ -30,7 +30,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from specialize.errors import SpecializeError
+from specialize.data.contract import default_contract
+from specialize.errors import ConstraintError, DataError, RunError, SpecializeError
+from specialize.records.run import RunRecord
+from specialize.run_dir import RunDir
 
 HOME_ENV = "SPECIALIZE_HOME"
 REGISTRY_ENV = "SPECIALIZE_REGISTRY"
@@ -56,14 +59,15 @@ CREATE TABLE IF NOT EXISTS adapters (
     eval_headline TEXT,               -- the run's eval/report.json "headline", when there is one
     source TEXT NOT NULL,             -- where it was added from
     output_contract TEXT,             -- JSON of the run's OutputContract (run.json), when it recorded one
+    contract_off_reason TEXT,         -- why the contract is not applied by default (its eval found it harmful)
     PRIMARY KEY (name, version)
 )
 """
 # Columns added after the first release: an older registry.sqlite gains them on first use.
-_ADDED_COLUMNS = {"output_contract": "TEXT"}
+_ADDED_COLUMNS = {"output_contract": "TEXT", "contract_off_reason": "TEXT"}
 _COLUMNS = (
     "name, version, path, base_model_id, base_ref, base_fingerprint, rank, alpha, target_modules, "
-    "size_bytes, sha256, created, eval_headline, source, output_contract"
+    "size_bytes, sha256, created, eval_headline, source, output_contract, contract_off_reason"
 )
 
 
@@ -120,8 +124,16 @@ class AdapterRecord:
     eval_headline: str | None
     source: str
     # The run's output contract (`OutputContract.to_dict()`, e.g. {"kind": "labels", "labels": [...]}),
-    # which a server enforces by default; None when the run recorded none (older runs).
+    # which a server enforces by default; None when the run has none (free text).
     output_contract: dict[str, Any] | None = None
+    # Set when the run's evaluation found that decoding under that contract makes answers
+    # significantly worse: the server then decodes freely by default, and says why.
+    contract_off_reason: str | None = None
+
+    @property
+    def default_contract(self) -> dict[str, Any] | None:
+        """The contract a request that sets no response_format is decoded under."""
+        return None if self.contract_off_reason else self.output_contract
 
     @property
     def key(self) -> str:
@@ -146,6 +158,7 @@ class AdapterSource:
     eval_headline: str | None = None
     tensor_names: list[str] = field(default_factory=list)
     output_contract: dict[str, Any] | None = None
+    contract_off_reason: str | None = None
 
 
 def inspect_source(path: str | Path, base: str | None = None) -> AdapterSource:
@@ -165,16 +178,19 @@ def inspect_source(path: str | Path, base: str | None = None) -> AdapterSource:
 
     config = _read_adapter_config(adapter_dir)
     tensor_names = _check_weights(adapter_dir)
-    base_ref, fingerprint = _base_of(adapter_dir, run_dir, config, base)
+    run = RunDir(run_dir) if run_dir is not None else None
+    base_ref, fingerprint = _base_of(adapter_dir, run, config, base)
+    contract, off_reason = _contracts(run)
     return AdapterSource(
         adapter_dir=adapter_dir,
         run_dir=run_dir,
         config=config,
         base_ref=base_ref,
         base_fingerprint=fingerprint,
-        eval_headline=_eval_headline(run_dir),
+        eval_headline=_eval_headline(run),
         tensor_names=tensor_names,
-        output_contract=_output_contract(run_dir),
+        output_contract=contract,
+        contract_off_reason=off_reason,
     )
 
 
@@ -219,7 +235,7 @@ def _check_weights(adapter_dir: Path) -> list[str]:
 
 
 def _base_of(
-    adapter_dir: Path, run_dir: Path | None, config: dict[str, Any], base: str | None
+    adapter_dir: Path, run: RunDir | None, config: dict[str, Any], base: str | None
 ) -> tuple[dict[str, str], str]:
     """The base model the adapter belongs to: the run's record, else --base, else the adapter
     config's base_model_name_or_path if it resolves on this machine. An explicit --base that
@@ -230,18 +246,17 @@ def _base_of(
     if base is not None:
         ref = resolve_model(base)
         given = (ref.to_dict(), weights_fingerprint(ref))
-    if run_dir is not None:
-        meta = _read_json(run_dir / "run.json")
-        recorded = meta.get("base_model")
-        fingerprint = meta.get("base_fingerprint")
-        if isinstance(recorded, dict) and isinstance(fingerprint, str):
+    if run is not None:
+        record = _run_record(run)
+        recorded, fingerprint = record.base_model, record.base_fingerprint
+        if recorded is not None and fingerprint is not None:
             if given is not None and given[1] != fingerprint:
                 raise IncompatibleAdapterError(
-                    f"{adapter_dir} was trained on '{recorded.get('model_id')}' (weights {fingerprint}), "
+                    f"{adapter_dir} was trained on '{recorded.model_id}' (weights {fingerprint}), "
                     f"not on '{given[0]['model_id']}' (weights {given[1]}); an adapter only works on "
                     "the exact base weights it was trained on"
                 )
-            return {k: str(v) for k, v in recorded.items()}, fingerprint
+            return {k: str(v) for k, v in recorded.model_dump().items()}, fingerprint
     if given is not None:
         return given
     name = config.get("base_model_name_or_path")
@@ -277,43 +292,36 @@ def _unconverted(ref: Any) -> Any:
     return resolve_model(gguf)
 
 
-def _eval_headline(run_dir: Path | None) -> str | None:
-    if run_dir is None:
-        return None
-    report = run_dir / "eval" / "report.json"
-    if not report.is_file():
-        return None
-    headline = _read_json(report).get("headline")
-    if headline is None:
-        return None
-    return headline if isinstance(headline, str) else json.dumps(headline, ensure_ascii=False)
-
-
-def _output_contract(run_dir: Path | None) -> dict[str, Any] | None:
-    """The output contract run.json recorded (validated and normalised), or None."""
-    if run_dir is None:
-        return None
-    path = run_dir / "run.json"
-    if not path.is_file():
-        return None
-    recorded = _read_json(path).get("output_contract")
-    if recorded is None:
-        return None
-    from specialize.constrain import OutputContract
-    from specialize.errors import ConstraintError
-
+def _run_record(run: RunDir) -> RunRecord:
     try:
-        return OutputContract.from_dict(recorded).to_dict()
+        return run.record()
+    except RunError as exc:
+        raise RegistryError(str(exc)) from None
+
+
+def _eval_headline(run: RunDir | None) -> str | None:
+    if run is None or not run.evaluated:
+        return None
+    try:
+        return run.eval_report().headline or None
+    except RunError as exc:
+        raise RegistryError(str(exc)) from None
+
+
+def _contracts(run: RunDir | None) -> tuple[dict[str, Any] | None, str | None]:
+    """(the run's output contract, why it is off by default or None), validated and normalised."""
+    if run is None:
+        return None, None
+    try:
+        default = default_contract(run)
     except ConstraintError as exc:
-        raise RegistryError(f"{path}: output_contract is invalid: {exc}") from None
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RegistryError(f"{path}: not readable JSON: {exc}") from None
-    return data if isinstance(data, dict) else {}
+        raise RegistryError(f"{run.meta_file}: output_contract is invalid: {exc}") from None
+    except (RunError, DataError) as exc:
+        raise RegistryError(str(exc)) from None
+    # A run that records "none" (free text) says so; a bare adapter dir without a run says nothing.
+    recorded = run.finished and run.record().output_contract is not None
+    contract = default.recorded.to_dict() if recorded or default.recorded.kind != "none" else None
+    return contract, (default.reason or None) if default.switched_off else None
 
 
 class AdapterRegistry:
@@ -379,9 +387,10 @@ class AdapterRegistry:
                     eval_headline=found.eval_headline,
                     source=str(Path(source).expanduser().resolve()),
                     output_contract=found.output_contract,
+                    contract_off_reason=found.contract_off_reason,
                 )
                 conn.execute(
-                    f"INSERT INTO adapters ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    f"INSERT INTO adapters ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         name,
                         version,
@@ -398,6 +407,7 @@ class AdapterRegistry:
                         record.eval_headline,
                         record.source,
                         json.dumps(record.output_contract) if record.output_contract is not None else None,
+                        record.contract_off_reason,
                     ),
                 )
             return record
@@ -490,6 +500,7 @@ class AdapterRegistry:
             eval_headline=row["eval_headline"],
             source=row["source"],
             output_contract=json.loads(row["output_contract"]) if row["output_contract"] else None,
+            contract_off_reason=row["contract_off_reason"],
         )
 
 

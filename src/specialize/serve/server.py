@@ -147,11 +147,22 @@ class ModelServer:
                     log.warning("not serving adapter %s: %s", record.name, exc)
                     continue
                 self.served[record.name] = record
-            return
-        for name in names:
-            record = self.registry.get(check_name(name))
-            self._check_servable(record)
-            self.served[record.name] = record
+        else:
+            for name in names:
+                record = self.registry.get(check_name(name))
+                self._check_servable(record)
+                self.served[record.name] = record
+        for record in self.served.values():
+            if record.contract_off_reason:
+                log.warning(
+                    "adapter %s: not applying its output contract by default: %s",
+                    record.name,
+                    record.contract_off_reason,
+                )
+
+    def contracts_off(self) -> dict[str, str]:
+        """Served adapters whose recorded output contract is off by default, with the reason."""
+        return {n: r.contract_off_reason for n, r in self.served.items() if r.contract_off_reason}
 
     def _check_servable(self, record: AdapterRecord) -> None:
         check_compatible(record, self.base_fingerprint, self.base_id)
@@ -230,7 +241,8 @@ class ModelServer:
             "version": record.version,
             "eval_headline": record.eval_headline,
             # What the adapter replies by default: labels, json_schema or none (free text).
-            "output_contract": (record.output_contract or {}).get("kind", "none"),
+            "output_contract": (record.default_contract or {}).get("kind", "none"),
+            **({"output_contract_off": record.contract_off_reason} if record.contract_off_reason else {}),
         }
 
     # Adapters, while serving ---------------------------------------------------------------
@@ -338,18 +350,19 @@ class ModelServer:
         return JSONResponse(reply.response(payload), headers=ctx.headers)
 
     def _contract(self, body: SamplingBody, adapter: AdapterRecord | None) -> OutputContract:
-        """The request's response_format if it has one, else the adapter's recorded contract."""
+        """The request's response_format if it has one, else the adapter's default contract: the
+        run's recorded one, unless its evaluation found it harmful (`contract_off_reason`)."""
         if body.response_format is not None:
             try:
                 return contract_from_response_format(body.response_format)
             except ConstraintError as exc:
                 raise APIError(400, str(exc), param="response_format", code="invalid_value") from None
-        if adapter is None or not adapter.output_contract:
+        if adapter is None or not adapter.default_contract:
             return NONE
         contract = self._adapter_contracts.get(adapter.key)
         if contract is None:
             try:
-                contract = OutputContract.from_dict(adapter.output_contract)
+                contract = OutputContract.from_dict(adapter.default_contract)
             except ConstraintError as exc:  # the registry validated it when the adapter was added
                 raise APIError(
                     500, f"adapter '{adapter.name}' has an invalid output contract: {exc}"
