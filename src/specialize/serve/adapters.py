@@ -34,7 +34,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from specialize.registry.store import CONFIG_FILE, WEIGHTS_FILE, AdapterRecord, RegistryError
+from specialize.registry.errors import RegistryError
+from specialize.registry.source import CONFIG_FILE, WEIGHTS_FILE
+from specialize.registry.store import AdapterRecord
 
 log = logging.getLogger(__name__)
 

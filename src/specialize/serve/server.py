@@ -24,14 +24,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from specialize.constrain import NONE, OutputContract, contract_from_response_format
 from specialize.errors import ConstraintError, DataError, RunError, SpecializeError
 from specialize.models.chat import render_prompt
-from specialize.registry.store import (
-    AdapterNotFoundError,
-    AdapterRecord,
-    AdapterRegistry,
-    IncompatibleAdapterError,
-    check_compatible,
-    check_name,
-)
+from specialize.registry.errors import AdapterNotFoundError, IncompatibleAdapterError
+from specialize.registry.store import AdapterRecord, AdapterRegistry, check_compatible, check_name
 from specialize.serve.engine import (
     Completion,
     Engine,
