@@ -5,7 +5,8 @@
 Every CLI command is a thin shell over one of these; nothing the CLI can do is missing here.
 Each function takes plain values (paths, configs) and returns a record (`DataReport`,
 `TrainResult`, `EvalReport`, `Generation`, `DriftRun`, `ExportResult`), so that notebooks and
-scripts get the same behaviour as the command line.
+scripts get the same behaviour as the command line. Each function imports the layer it drives
+when called, so that `import specialize` stays fast (torch and transformers load on first use).
 """
 
 from __future__ import annotations

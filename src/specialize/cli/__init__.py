@@ -4,6 +4,9 @@ Each command module parses its options, calls one function of the library (`spec
 or the package that owns the concept), and renders the result with rich. No logic lives here
 that the Python API lacks. User errors (`SpecializeError`) print as one clear message, without a
 traceback, and set the exit code (`specialize.cli.common.user_errors`).
+
+Command modules import the library inside the command function, not at the top: `specialize
+--help` and typos in options then answer at once, without loading torch and transformers.
 """
 
 from __future__ import annotations

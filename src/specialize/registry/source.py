@@ -16,6 +16,8 @@ from typing import Any
 
 from specialize.data.contract import default_contract
 from specialize.errors import ConstraintError, DataError, RunError, SpecializeError
+from specialize.models.bundled import BUNDLED
+from specialize.models.registry import resolve_model, weights_fingerprint
 from specialize.records.run import RunRecord
 from specialize.registry.errors import IncompatibleAdapterError, RegistryError
 from specialize.run_dir import RunDir
@@ -119,7 +121,6 @@ def _base_of(
     """The base model the adapter belongs to: the run's record, else --base, else the adapter
     config's base_model_name_or_path if it resolves on this machine. An explicit --base that
     disagrees with the run's record is refused."""
-    from specialize.models.registry import resolve_model, weights_fingerprint
 
     given = None
     if base is not None:
@@ -154,8 +155,6 @@ def _base_of(
 def _unconverted(ref: Any) -> Any:
     """A GGUF model converted to safetensors by specialize records its source; runs fingerprint
     the GGUF reference, so an adapter pointing at the converted copy gets the same identity."""
-    from specialize.models.bundled import BUNDLED
-    from specialize.models.registry import resolve_model
 
     source = Path(ref.path) / "SOURCE"
     if ref.kind != "hf-dir" or not source.is_file():

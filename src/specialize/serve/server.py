@@ -24,8 +24,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from specialize.constrain import NONE, OutputContract, contract_from_response_format
 from specialize.errors import ConstraintError, DataError, RunError, SpecializeError
 from specialize.models.chat import render_prompt
+from specialize.models.load import load_model
+from specialize.models.registry import weights_fingerprint
 from specialize.registry.errors import AdapterNotFoundError, IncompatibleAdapterError
 from specialize.registry.store import AdapterRecord, AdapterRegistry, check_compatible, check_name
+from specialize.serve.adapters import ResidentAdapters
 from specialize.serve.engine import (
     Completion,
     Engine,
@@ -47,6 +50,7 @@ from specialize.serve.protocol import (
     finish_reason,
     sse,
 )
+from specialize.serve.request_log import RequestLog
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +94,6 @@ class ModelServer:
     def __init__(self, options: ServeOptions, loaded: Any = None, *, drift: DriftProvider | None = None):
         import torch
 
-        from specialize.models.load import load_model
-        from specialize.models.registry import weights_fingerprint
-        from specialize.serve.adapters import ResidentAdapters
-
         if options.threads:
             torch.set_num_threads(options.threads)
         self.options = options
@@ -124,8 +124,6 @@ class ModelServer:
         self.metrics = ServerMetrics(self.engine, self.resident, lambda: len(self.served))
         self.request_log = None
         if options.request_log:
-            from specialize.serve.request_log import RequestLog
-
             path = options.request_log_path or default_request_log_path()
             self.request_log = RequestLog(path, store_text=options.log_text)
         self._drift = drift

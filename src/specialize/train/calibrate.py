@@ -25,6 +25,7 @@ from specialize.atomic import atomic_write_text
 from specialize.config import RunConfig
 from specialize.models.load import cache_dir
 from specialize.models.registry import resolve_model, weights_fingerprint
+from specialize.train.sft import train
 
 CALIBRATION_STEPS = 12  # enough that the first step's one-off costs weigh little; seconds on a CPU
 
@@ -69,7 +70,6 @@ def calibrate(config: RunConfig, data_file: str | Path, *, use_cache: bool = Tru
 
 
 def _measure(config: RunConfig, data_file: Path) -> Calibration:
-    from specialize.train.sft import train
 
     steps = CALIBRATION_STEPS
     probe = config.model_copy(deep=True)

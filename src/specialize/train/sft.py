@@ -23,7 +23,7 @@ from specialize.data.contract import training_contract
 from specialize.data.prepare import prepare_splits, read_splits, write_splits
 from specialize.data.tokenize import encode
 from specialize.errors import RunError
-from specialize.models.load import load_model
+from specialize.models.load import default_device, load_model, native_bf16
 from specialize.models.registry import weights_fingerprint
 from specialize.outputs import detect_task
 from specialize.records.run import BaseModelRecord, ExampleCounts, RunRecord
@@ -224,7 +224,6 @@ def _attention_kernel(config: RunConfig, device: str, *datasets: EncodedDataset 
 def _use_bf16(config: RunConfig) -> bool:
     """bf16 mixed precision when asked, or under `auto` where bf16 matmuls are native (CUDA, and
     CPUs with AVX512-BF16/AMX, where they run several times faster than fp32 ones)."""
-    from specialize.models.load import default_device, native_bf16
 
     if config.train.precision != "auto":
         return config.train.precision == "bf16"
