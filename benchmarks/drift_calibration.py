@@ -6,7 +6,7 @@ on shifted traffic, over many seeds.
 
 Reference: the profile of examples/banking77/train.csv (all 10,003 rows; a 500-row sample,
 hashed TF-IDF embedder, word lengths), exactly as `specialize profile` builds it.
-For each seed, a window of simulated requests is drawn and `specialize.monitor.drift.compare`
+For each seed, a window of simulated requests is drawn and `specialize.monitor.checks.compare`
 runs every check with the default DriftConfig (alert_alpha 0.01, warn_alpha 0.05, Bonferroni):
 
 - in-domain:      rows of test.csv (held out; outputs = their true labels, as a perfect model).
@@ -34,9 +34,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from specialize.config import DriftConfig  # noqa: E402
 from specialize.data.formats import FormatSpec, load_examples  # noqa: E402
-from specialize.monitor.drift import DriftConfig, compare, featurize  # noqa: E402
+from specialize.monitor.checks import compare  # noqa: E402
+from specialize.monitor.features import featurize  # noqa: E402
 from specialize.monitor.profile import profile_from_examples  # noqa: E402
+from specialize.serve.request_log import LoggedRequest  # noqa: E402
 
 # Questions from other domains (cooking, sport, code, travel...), one per line, shared with
 # examples/banking77/traffic.py.
@@ -71,18 +74,18 @@ def main() -> None:
     test, _, _ = load_examples(data / "test.csv", spec)
     started = time.perf_counter()
     profile = profile_from_examples(train, embedder="hashed")
-    labels = list(profile["labels"]["counts"])
-    weights = np.array([profile["labels"]["counts"][lab] for lab in labels], dtype=float)
+    labels = list(profile.labels.counts)
+    weights = np.array([profile.labels.counts[lab] for lab in labels], dtype=float)
     weights /= weights.sum()
     print(
-        f"reference: {len(train)} train rows, sample {profile['sample']['n']}, embedder "
-        f"{profile['embedder']['name']}, lengths in {profile['length_unit']} "
+        f"reference: {len(train)} train rows, sample {profile.sample.n}, embedder "
+        f"{profile.embedder.name}, lengths in {profile.length_unit} "
         f"({time.perf_counter() - started:.1f} s)"
     )
 
     def rows(texts, completions):
         return [
-            {"prompt": t, "completion": c, "ts": float(i), "status": 200}
+            LoggedRequest(prompt=t, completion=c, ts=float(i), status=200)
             for i, (t, c) in enumerate(zip(texts, completions, strict=True))
         ]
 

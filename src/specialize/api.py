@@ -4,7 +4,7 @@
 
 Every CLI command is a thin shell over one of these; nothing the CLI can do is missing here.
 Each function takes plain values (paths, configs) and returns a record (`DataReport`,
-`TrainResult`, `EvalReport`, `Generation`, `DriftRun`, `ExportResult`), so that notebooks and
+`TrainResult`, `EvalReport`, `Generation`, `DriftReport`, `ExportResult`), so that notebooks and
 scripts get the same behaviour as the command line. Each function imports the layer it drives
 when called, so that `import specialize` stays fast (torch and transformers load on first use).
 """
@@ -72,12 +72,14 @@ def check_data(
         tokens_per_second=None,
         price_per_hour=price_per_hour,
     )
-    if model is not None and calibrate and report.ok and report.estimate is not None:
+    if model is not None and calibrate and report.ok and report.estimate is not None and report.rows:
         from specialize.train.calibrate import calibrate as measure
+        from specialize.train.calibrate import estimate_seconds, training_plan
 
         run_config = (config or RunConfig()).model_copy(deep=True)
         run_config.model.base = model
         run_config.model.max_seq_len = max_seq_len
+        run_config.train.epochs = epochs
         for key, value in (
             ("input_field", input_field),
             ("output_field", output_field),
@@ -87,9 +89,16 @@ def check_data(
             setattr(run_config.data, key, value)
         calibration = measure(run_config, data)
         estimate = report.estimate
+        plan = training_plan(run_config, report.rows, has_test_file=test is not None)
+        seconds, validation = estimate_seconds(
+            plan, estimate.tokens_per_epoch / report.rows, epochs, calibration.tokens_per_second
+        )
         estimate.tokens_per_second = calibration.tokens_per_second
-        estimate.seconds = estimate.total_tokens / calibration.tokens_per_second
-        estimate.cost_usd = estimate.seconds / 3600 * estimate.price_per_hour
+        estimate.train_rows = plan.train_rows
+        estimate.total_tokens = round(plan.train_rows * estimate.tokens_per_epoch / report.rows * epochs)
+        estimate.seconds = seconds
+        estimate.validation_seconds = validation
+        estimate.cost_usd = seconds / 3600 * estimate.price_per_hour
         estimate.measured_on = calibration.machine
     return report
 
@@ -184,7 +193,8 @@ def serve(options: Any = None) -> None:
 
 
 def drift(run: str | Path, request_log: str | Path, **options: Any) -> Any:
-    """Compare recent traffic in a request log with the run's reference profile."""
+    """Compare recent traffic in a request log with the run's reference profile: a DriftReport
+    (`over_time=True` adds the series over windows; see `specialize.monitor.drift.run_drift`)."""
     from specialize.monitor.drift import run_drift
 
     return run_drift(run, request_log, **options)

@@ -517,7 +517,7 @@ def test_adapter_drift_endpoint(tiny_model_dir, registry_dir, tmp_path):
     ]
     profile = profile_from_examples(examples, task="classification", labels=["declined"], embedder="hashed")
     run_root = registry_dir.parent / "alpha"
-    (run_root / "profile.json").write_text(json.dumps(profile))
+    (run_root / "profile.json").write_text(profile.json_text())
     try:
         with running_server(tiny_model_dir, registry_dir, tmp_path, drift=drift_for_adapter) as (
             url,

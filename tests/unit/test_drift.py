@@ -12,35 +12,32 @@ import random
 import sqlite3
 import threading
 import time
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
-import typer
 from typer.testing import CliRunner
 
-from specialize.config import RunConfig, save_config
+from specialize.config import DriftConfig, RunConfig, save_config
 from specialize.data.example import Example, Source
 from specialize.data.split import Splits, save_splits
+from specialize.monitor.checks import compare
 from specialize.monitor.drift import (
-    DriftConfig,
-    binomial_sf,
-    compare,
-    detect_drift,
     drift_for_adapter,
     drift_over_time,
     evaluated_outputs,
-    featurize,
-    hypergeom_sf,
     load_drift_config,
-    parse_since,
-    prompt_text,
-    read_window,
 )
+from specialize.monitor.drift import run_drift as detect_drift
 from specialize.monitor.embed import HashedTfidfEmbedder
+from specialize.monitor.features import featurize
 from specialize.monitor.profile import build_profile, load_profile, profile_from_examples, write_profile
+from specialize.monitor.statistics import binomial_sf, hypergeom_sf
+from specialize.records.run import RunRecord
 from specialize.run_dir import RunDir
+from specialize.serve.request_log import LoggedRequest, parse_since, prompt_text, read_window
 
 INTENTS = {
     "card_arrival": [
@@ -158,13 +155,13 @@ def examples(rows: list[tuple[str, str]]) -> list[Example]:
 
 def log_rows(texts, completions, start: float = 1_700_000_000.0, chat: bool = True):
     return [
-        {
-            "id": i + 1,
-            "ts": start + 60 * i,
-            "prompt": json.dumps([{"role": "user", "content": t}]) if chat else t,
-            "completion": c,
-            "status": 200,
-        }
+        LoggedRequest(
+            id=i + 1,
+            ts=start + 60 * i,
+            prompt=json.dumps([{"role": "user", "content": t}]) if chat else t,
+            completion=c,
+            status=200,
+        )
         for i, (t, c) in enumerate(zip(texts, completions, strict=True))
     ]
 
@@ -248,8 +245,8 @@ def test_evaluated_outputs_are_the_reference_for_output_checks(tmp_path, data):
         json.dumps(
             {
                 "contenders": [
-                    {"name": "zero-shot", "predictions": ["x"] * 200},
-                    {"name": "fine-tuned", "predictions": outputs},
+                    {"name": "zero-shot", "role": "zero-shot", "predictions": ["x"] * 200},
+                    {"name": "fine-tuned", "role": "fine-tuned", "predictions": outputs},
                 ]
             }
         )
@@ -326,7 +323,7 @@ def test_empty_or_tiny_window_is_not_a_verdict(data):
         report = detect_drift(profile, rows)
         assert report.level == "not_enough_data" and not report.alert
         assert report.message.startswith("not enough data") and "30 needed" in report.message
-    hashes_only = [dict(r, prompt=None, completion=None) for r in log_rows(["x"] * 40, ["refund"] * 40)]
+    hashes_only = [replace(r, prompt=None, completion=None) for r in log_rows(["x"] * 40, ["refund"] * 40)]
     report = detect_drift(profile, hashes_only)
     assert report.level == "not_enough_data" and "text" in report.message
 
@@ -338,8 +335,8 @@ def test_drift_over_time_finds_the_shift(data):
         [c for _, c in held_out[:90]] + [c for _, c in train[:40]],
     )
     windows = drift_over_time(profile, rows, DriftConfig(min_window=32), n_windows=4)
-    assert [w["n"] for w in windows] == [33, 33, 64]  # the short tail joins the window before it
-    assert [w["level"] for w in windows][:2] != ["alert", "alert"] and windows[-1]["level"] == "alert"
+    assert [w.n for w in windows] == [33, 33, 64]  # the short tail joins the window before it
+    assert [w.level for w in windows][:2] != ["alert", "alert"] and windows[-1].level == "alert"
 
 
 def test_json_task_checks_fields_and_parse_failures():
@@ -358,7 +355,7 @@ def test_json_task_checks_fields_and_parse_failures():
         (f"extract the payment {i} from {rng.choice(['Ann', 'Bo', 'Cy'])}", o) for i, o in enumerate(outs)
     ]
     profile = profile_from_examples(examples(rows[:300]), embedder="hashed")
-    assert profile["task"] == "json" and profile["json_fields"]["fields"][:2] == ["amount", "name"]
+    assert profile.task == "json" and profile.json_fields.fields[:2] == ["amount", "name"]
     ok = detect_drift(profile, log_rows([t for t, _ in rows[300:360]], [o for _, o in rows[300:360]]))
     assert ok.check("json_fields").level == "ok" and ok.check("invalid_outputs").level == "ok"
     broken = detect_drift(
@@ -370,7 +367,7 @@ def test_json_task_checks_fields_and_parse_failures():
 # ----------------------------------------------------------------------------- log and profile
 
 
-def make_log(path: Path, rows: list[dict]) -> Path:
+def make_log(path: Path, rows: list[LoggedRequest]) -> Path:
     conn = sqlite3.connect(path)
     conn.execute(
         "CREATE TABLE requests(id INTEGER PRIMARY KEY, ts REAL, model TEXT, adapter TEXT, prompt_tokens INT, "
@@ -382,12 +379,12 @@ def make_log(path: Path, rows: list[dict]) -> Path:
         "prompt_hash, completion_hash, status) VALUES (?, ?, ?, 10, 2, 5.0, ?, ?, 'h', 'h', ?)",
         [
             (
-                r["ts"],
-                r.get("adapter") or "base",
-                r.get("adapter"),
-                r["prompt"],
-                r["completion"],
-                r.get("status", 200),
+                r.ts,
+                r.adapter or "base",
+                r.adapter,
+                r.prompt,
+                r.completion,
+                200 if r.status is None else r.status,
             )
             for r in rows
         ],
@@ -399,13 +396,12 @@ def make_log(path: Path, rows: list[dict]) -> Path:
 
 def test_read_window_filters_and_orders(tmp_path):
     rows = log_rows([f"q{i}" for i in range(10)], ["a"] * 10, start=1000.0)
-    for i, row in enumerate(rows):
-        row["adapter"] = "bank" if i % 2 == 0 else "other"
-    rows[0]["status"] = 500
+    rows = [replace(row, adapter="bank" if i % 2 == 0 else "other") for i, row in enumerate(rows)]
+    rows[0] = replace(rows[0], status=500)
     db = make_log(tmp_path / "requests.db", rows)
     got = read_window(db, adapter="bank")
-    assert [prompt_text(r["prompt"]) for r in got] == ["q0", "q2", "q4", "q6", "q8"]
-    assert [prompt_text(r["prompt"]) for r in read_window(db, adapter="bank", limit=2)] == ["q6", "q8"]
+    assert [prompt_text(r.prompt) for r in got] == ["q0", "q2", "q4", "q6", "q8"]
+    assert [prompt_text(r.prompt) for r in read_window(db, adapter="bank", limit=2)] == ["q6", "q8"]
     assert len(read_window(db, since=1000.0 + 60 * 5)) == 5
     assert parse_since("2h", now=10_000.0) == 10_000.0 - 7200 and parse_since("1700000000") == 1.7e9
     assert (
@@ -451,7 +447,7 @@ def make_run(tmp_path: Path, rows: list[tuple[str, str]]) -> RunDir:
     run.path.mkdir()
     save_config(RunConfig(name="bank", data={"train": "x.jsonl"}), run.config_file)
     save_splits(Splits(train=examples(rows)), run.splits)
-    run.write_meta({"task": "classification", "labels": sorted({c for _, c in rows})})
+    run.write_record(RunRecord(task="classification", labels=sorted({c for _, c in rows})))
     return run
 
 
@@ -459,15 +455,15 @@ def test_profile_of_a_run_with_a_tokenizer(tmp_path, tiny_tokenizer, data):
     _, train, _ = data
     run = make_run(tmp_path, train[:200])
     profile = build_profile(run, tiny_tokenizer, embedder="hashed")
-    assert profile["length_unit"] == "tokens" and profile["tokenizer"]
-    feats = profile["sample"]["features"]
-    assert len(feats["input_tokens"]) == 200 and min(feats["input_tokens"]) > min(feats["input_words"])
-    assert set(profile["labels"]["counts"]) == set(INTENTS) and profile["n_train"] == 200
+    assert profile.length_unit == "tokens" and profile.tokenizer
+    feats = profile.sample.features
+    assert len(feats.input_tokens) == 200 and min(feats.input_tokens) > min(feats.input_words)
+    assert set(profile.labels.counts) == set(INTENTS) and profile.n_train == 200
     # Leave-one-out OOV: a word seen in no other training row counts as unknown for its row.
-    assert 0 < np.mean(feats["oov"]) < 0.1
+    assert 0 < np.mean(feats.oov) < 0.1
     path = write_profile(run, embedder="hashed")
-    assert path == run.profile and load_profile(run.path)["length_unit"] == "words"
-    assert load_profile(run.adapter)["n_train"] == 200  # an adapter dir finds its run's profile
+    assert path == run.profile and load_profile(run.path).length_unit == "words"
+    assert load_profile(run.adapter).n_train == 200  # an adapter dir finds its run's profile
     rows = log_rows([t for t, _ in train[:40]], [c for _, c in train[:40]])
     report = detect_drift(profile, rows, tokenizer=tiny_tokenizer)
     assert report.length_unit == "tokens"
@@ -500,11 +496,11 @@ class _Hook(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def cli():
-    from specialize.commands.monitor import drift, profile
+    # The real `specialize` app: its `profile` and `drift` commands as the dispatch table wires
+    # them (importing specialize.cli.monitor first would also run into the import cycle
+    # specialize.cli -> commands -> specialize.cli.common while the CLI package is reorganised).
+    from specialize.cli import app
 
-    app = typer.Typer()
-    app.command("profile")(profile)
-    app.command("drift")(drift)
     return app
 
 
@@ -517,10 +513,10 @@ def test_cli_profile_and_drift_exit_codes(tmp_path, data, cli):
     assert "hashed-tfidf-512" in result.output and run.profile.is_file()
 
     rows = [
-        dict(r, adapter="bank")
+        replace(r, adapter="bank")
         for r in log_rows([t for t, _ in held_out[:60]], [c for _, c in held_out[:60]])
     ]
-    rows += [dict(r, adapter="other") for r in log_rows(OUT_OF_DOMAIN, ["refund"] * 40)]
+    rows += [replace(r, adapter="other") for r in log_rows(OUT_OF_DOMAIN, ["refund"] * 40)]
     db = make_log(tmp_path / "requests.db", rows)
     server = HTTPServer(("127.0.0.1", 0), _Hook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -569,7 +565,8 @@ def test_drift_for_adapter_gives_the_server_a_dict(tmp_path, data):
     run = make_run(tmp_path, train)
     write_profile(run, embedder="hashed")
     db = make_log(
-        tmp_path / "requests.db", [dict(r, adapter="bank") for r in log_rows(OUT_OF_DOMAIN, ["refund"] * 40)]
+        tmp_path / "requests.db",
+        [replace(r, adapter="bank") for r in log_rows(OUT_OF_DOMAIN, ["refund"] * 40)],
     )
     result = drift_for_adapter(run.adapter, db, "bank", window=100)
     assert result["level"] == "alert" and result["adapter"] == "bank"

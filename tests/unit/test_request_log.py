@@ -95,3 +95,37 @@ def test_concurrent_writers_lose_nothing_and_reopening_appends(tmp_path):
     rows = read_requests(path)
     assert len(rows) == 201 and rows[-1]["model"] == "later"
     assert [r["id"] for r in rows] == sorted(r["id"] for r in rows)
+
+
+def test_the_reader_and_the_writer_share_one_column_list(tmp_path):
+    from dataclasses import fields
+
+    from specialize.serve.request_log import COLUMNS, LoggedRequest, RequestEntry, read_window
+
+    assert [f.name for f in fields(LoggedRequest)] == list(COLUMNS)
+    assert [f.name for f in fields(RequestEntry)] == [c for c in COLUMNS if c != "id"]
+    path = tmp_path / "requests.sqlite"
+    log = RequestLog(path)
+    log.record(**_entry(), ts=1000.0)
+    log.record(**_entry(status=503, completion=None), ts=1001.0)
+    log.close()
+    first, second = read_window(path, adapter="banking77")
+    assert isinstance(first, LoggedRequest) and first.id == 1 and first.ts == 1000.0
+    assert first.adapter_version == 2 and first.endpoint == "chat.completions" and first.latency_ms == 41.5
+    assert first.text == "card?" and first.succeeded and not second.succeeded
+    assert first.prompt_hash == hashlib.sha256(first.prompt.encode()).hexdigest()
+
+
+def test_a_log_from_an_older_version_reads_missing_columns_as_none(tmp_path):
+    from specialize.serve.request_log import read_window
+
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "CREATE TABLE requests(id INTEGER PRIMARY KEY, ts REAL, model TEXT, prompt TEXT, status INT)"
+        )
+        conn.execute("INSERT INTO requests(ts, model, prompt, status) VALUES (5.0, 'bank', 'hello', 200)")
+    (row,) = read_window(path, adapter="bank")  # no adapter column value: matched by model
+    assert (
+        row.prompt == "hello" and row.adapter is None and row.endpoint is None and row.finish_reason is None
+    )

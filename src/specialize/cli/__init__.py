@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import typer
 
-from specialize.cli import adapters, check, evaluate, generate, serve, train
-from specialize.commands import export, monitor
+from specialize.cli import adapters, check, evaluate, generate, monitor, serve, train
+from specialize.commands import export
 
 app = typer.Typer(
     help="Turn a general pre-trained LLM into a specialist for one task, and prove it paid off.",

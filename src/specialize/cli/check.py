@@ -34,8 +34,14 @@ def check(
         Path | None,
         typer.Option("--config", "-c", help="Run config whose training settings the estimate uses."),
     ] = None,
-    max_seq_len: Annotated[int, typer.Option(help="Rows longer than this would be truncated.")] = 256,
-    epochs: Annotated[float, typer.Option(help="Epochs, for the time and cost estimate.")] = 1.0,
+    max_seq_len: Annotated[
+        int | None,
+        typer.Option(help="Rows longer than this would be truncated (default: --config's, else 256)."),
+    ] = None,
+    epochs: Annotated[
+        float | None,
+        typer.Option(help="Epochs, for the time and cost estimate (default: --config's, else 1)."),
+    ] = None,
     no_tokens: Annotated[
         bool, typer.Option("--no-tokens", help="Skip token statistics (no model needed).")
     ] = False,
@@ -57,8 +63,10 @@ def check(
     from specialize.render import render_data_report
 
     run_config = resolve_run_config(config, {}) if config is not None else None
-    if run_config is not None and model is None:
-        model = run_config.model.base
+    if run_config is not None:
+        model = model or run_config.model.base
+        max_seq_len = max_seq_len or run_config.model.max_seq_len
+        epochs = epochs or run_config.train.epochs
     result = check_data(
         data,
         test=test,
@@ -67,8 +75,8 @@ def check(
         system_prompt=system_prompt,
         prompt_template=prompt_template,
         model=None if no_tokens else (model or DEFAULT_MODEL),
-        max_seq_len=max_seq_len,
-        epochs=epochs,
+        max_seq_len=max_seq_len or 256,
+        epochs=epochs or 1.0,
         config=run_config,
         calibrate=not no_calibrate,
     )

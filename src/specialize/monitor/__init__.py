@@ -1,33 +1,28 @@
 """Drift monitoring: a run's reference profile vs the live traffic in the request log.
 
-`profile.py` writes `profile.json` (what the training data looks like), `drift.py` compares a
-window of logged requests with it by calibrated two-sample tests, `report.py` writes drift.json
-and drift.html, `webhook.py` posts the JSON to an alerting endpoint.
+`profile.py` builds `profile.json` (what the training data looks like; its typed form is
+`specialize.records.profile.Profile`), `drift.py` is the entry point that compares a window of
+logged requests with it (`features.py` featurizes the texts, `checks.py` runs the calibrated
+two-sample tests of `statistics.py`), `report.py` writes drift.json and drift.html, `webhook.py`
+posts the JSON to an alerting endpoint.
 """
 
-from specialize.monitor.drift import (
-    CheckResult,
-    DriftConfig,
-    DriftReport,
-    detect_drift,
-    drift_for_adapter,
-    drift_over_time,
-    read_window,
-    run_drift,
-)
+from specialize.config import DriftConfig
+from specialize.monitor.drift import drift_for_adapter, drift_over_time, load_drift_config, run_drift
 from specialize.monitor.profile import build_profile, load_profile, profile_from_examples, write_profile
+from specialize.records.drift import CheckResult, DriftReport, DriftWindow
 
 __all__ = [
     "CheckResult",
     "DriftConfig",
     "DriftReport",
+    "DriftWindow",
     "build_profile",
-    "detect_drift",
     "drift_for_adapter",
     "drift_over_time",
+    "load_drift_config",
     "load_profile",
     "profile_from_examples",
-    "read_window",
     "run_drift",
     "write_profile",
 ]

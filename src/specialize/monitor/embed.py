@@ -25,11 +25,12 @@ import re
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from specialize.errors import ConfigError, RunError
+from specialize.records.profile import EmbedderState, EncodedArray
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class Embedder(Protocol):
         """(len(texts), dim) float32, rows L2-normalised."""
         ...
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> EmbedderState:
         """What the profile must store to rebuild this embedder for live traffic."""
         ...
 
@@ -103,8 +104,8 @@ class HashedTfidfEmbedder:
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
 
-    def state(self) -> dict[str, Any]:
-        return {"name": self.name, "dim": self.dim, "idf": encode_array(self.idf)}
+    def state(self) -> EmbedderState:
+        return EmbedderState(name=self.name, dim=self.dim, idf=encode_array(self.idf))
 
 
 class MiniLMEmbedder:
@@ -139,8 +140,8 @@ class MiniLMEmbedder:
                 chunks.append(torch.nn.functional.normalize(pooled, dim=-1).float().numpy())
         return np.concatenate(chunks) if chunks else np.zeros((0, self.dim), dtype=np.float32)
 
-    def state(self) -> dict[str, Any]:
-        return {"name": self.name, "dim": self.dim, "package": MINILM_PACKAGE}
+    def state(self) -> EmbedderState:
+        return EmbedderState(name=self.name, dim=self.dim, package=MINILM_PACKAGE)
 
 
 def minilm_available() -> bool:
@@ -189,11 +190,13 @@ def new_embedder(kind: str = "auto") -> Embedder:
     raise ConfigError(f"unknown embedder {kind!r}: use auto, minilm or hashed")
 
 
-def embedder_from_state(state: dict[str, Any]) -> Embedder:
+def embedder_from_state(state: EmbedderState) -> Embedder:
     """The embedder a profile was built with, so live texts land in the same space."""
-    name = state.get("name", "")
+    name = state.name
     if name.startswith("hashed-tfidf"):
-        return HashedTfidfEmbedder(int(state["dim"]), decode_array(state["idf"]))
+        if state.idf is None:
+            raise RunError(f"profile's {name} embedder has no IDF; rebuild it with `specialize profile RUN`")
+        return HashedTfidfEmbedder(int(state.dim), decode_array(state.idf))
     if name == MINILM:
         if not minilm_available():
             raise RunError(
@@ -204,20 +207,18 @@ def embedder_from_state(state: dict[str, Any]) -> Embedder:
     raise RunError(f"profile names an unknown embedder {name!r}; rebuild it with `specialize profile RUN`")
 
 
-def encode_array(array: np.ndarray, dtype: str = "float32") -> dict[str, Any]:
+def encode_array(array: np.ndarray, dtype: str = "float32") -> EncodedArray:
     """A numpy array as base64 in JSON (float16 halves the size of the stored embedding sample)."""
     data = np.ascontiguousarray(array, dtype=dtype)
-    return {
-        "dtype": dtype,
-        "shape": list(data.shape),
-        "b64": base64.b64encode(data.tobytes()).decode("ascii"),
-    }
+    return EncodedArray(
+        dtype=dtype, shape=list(data.shape), b64=base64.b64encode(data.tobytes()).decode("ascii")
+    )
 
 
-def decode_array(blob: dict[str, Any]) -> np.ndarray:
-    raw = base64.b64decode(blob["b64"])
-    shape = tuple(int(s) for s in blob["shape"])
-    expected = math.prod(shape) * np.dtype(blob["dtype"]).itemsize
+def decode_array(blob: EncodedArray) -> np.ndarray:
+    raw = base64.b64decode(blob.b64)
+    shape = tuple(int(s) for s in blob.shape)
+    expected = math.prod(shape) * np.dtype(blob.dtype).itemsize
     if len(raw) != expected:
         raise RunError(f"profile array of shape {shape} holds {len(raw)} bytes, expected {expected}")
-    return np.frombuffer(raw, dtype=blob["dtype"]).reshape(shape).astype(np.float32)
+    return np.frombuffer(raw, dtype=blob.dtype).reshape(shape).astype(np.float32)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from specialize.atomic import atomic_write_text
-from specialize.monitor.drift import DriftReport
+from specialize.records.drift import DriftReport, DriftWindow
 
 _COLORS = {
     "ok": "#2b8a3e",
@@ -23,25 +23,20 @@ _COLORS = {
 }
 
 
-def report_json(report: DriftReport, over_time: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """What drift.json holds and the webhook receives: the report without the plot data."""
-    data = report.model_dump()
-    for check in data["checks"]:
-        check.pop("plot", None)
-    data["over_time"] = over_time or []
+def report_json(report: DriftReport) -> dict[str, Any]:
+    """What drift.json holds and the webhook receives: the report without the plot data, and
+    its drift-over-time series (empty when it was not computed)."""
+    data = report.json_data()
+    data.setdefault("over_time", [])
     return data
 
 
-def write_drift_report(
-    report: DriftReport, out_dir: str | Path, over_time: list[dict[str, Any]] | None = None
-) -> dict[str, Path]:
+def write_drift_report(report: DriftReport, out_dir: str | Path) -> dict[str, Path]:
     """Write drift.json and drift.html into `out_dir`; returns their paths."""
     out = Path(out_dir)
     paths = {"json": out / "drift.json", "html": out / "drift.html"}
-    atomic_write_text(
-        paths["json"], json.dumps(report_json(report, over_time), indent=2, ensure_ascii=False) + "\n"
-    )
-    atomic_write_text(paths["html"], render_html(report, over_time or []))
+    atomic_write_text(paths["json"], json.dumps(report_json(report), indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(paths["html"], render_html(report, report.over_time or []))
     return paths
 
 
@@ -53,7 +48,7 @@ def _f(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def render_html(report: DriftReport, over_time: list[dict[str, Any]]) -> str:
+def render_html(report: DriftReport, over_time: list[DriftWindow]) -> str:
     rows = "".join(
         "<tr>"
         + "".join(
@@ -116,7 +111,7 @@ def _png(fig: Any) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _figures(report: DriftReport, over_time: list[dict[str, Any]]):
+def _figures(report: DriftReport, over_time: list[DriftWindow]) -> list[tuple[str, str, str]]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -167,28 +162,21 @@ def _figures(report: DriftReport, over_time: list[dict[str, Any]]):
     if over_time:
         fig, ax = plt.subplots(figsize=(7.5, 3.4))
         x = np.arange(len(over_time))
-        names = sorted(
-            {name for w in over_time for name, c in w["checks"].items() if c["p_value"] is not None}
-        )
+        names = sorted({name for w in over_time for name, c in w.checks.items() if c.p_value is not None})
         for name in names:
-            ps = [w["checks"].get(name, {}).get("p_value") for w in over_time]
+            ps = [w.checks[name].p_value if name in w.checks else None for w in over_time]
             ax.plot(
                 x,
                 [-math.log10(max(p, 1e-12)) if p is not None else np.nan for p in ps],
                 marker="o",
                 label=name,
             )
-        thresholds = [
-            c.get("alert_threshold")
-            for w in over_time
-            for c in w["checks"].values()
-            if c.get("alert_threshold")
-        ]
+        thresholds = [c.alert_threshold for w in over_time for c in w.checks.values() if c.alert_threshold]
         if thresholds:
             ax.axhline(-math.log10(min(thresholds)), color="#c92a2a", linestyle="--", label="alert threshold")
         for i, w in enumerate(over_time):
-            ax.axvspan(i - 0.5, i + 0.5, color=_COLORS[w["level"]], alpha=0.08)
-        ax.set_xticks(x, [_when(w["start"])[5:16] for w in over_time], rotation=30, ha="right", fontsize=7)
+            ax.axvspan(i - 0.5, i + 0.5, color=_COLORS[w.level], alpha=0.08)
+        ax.set_xticks(x, [_when(w.start)[5:16] for w in over_time], rotation=30, ha="right", fontsize=7)
         ax.set_ylabel("-log10 p-value")
         ax.set_title("drift over time (windows of the request log)", fontsize=10)
         ax.legend(fontsize=6, ncol=2)

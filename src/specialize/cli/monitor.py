@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from specialize.cli_support import console, err_console, quiet_libraries, user_errors
+from specialize.cli.common import console, err_console, quiet_libraries, user_errors
 
 ALERT_EXIT_CODE = 3
 _STYLE = {"ok": "green", "warn": "yellow", "alert": "bold red", "skipped": "dim", "not_enough_data": "yellow"}
@@ -32,21 +32,20 @@ def profile(
 ) -> None:
     """(Re)build the run's reference profile (profile.json) for drift monitoring."""
     quiet_libraries()
-    import json
-
     from specialize.monitor.profile import load_run_tokenizer, write_profile
+    from specialize.records.profile import read_profile
     from specialize.run_dir import open_run
 
     run_dir = open_run(run)
     tokenizer = None if no_tokenizer else load_run_tokenizer(run_dir)
     with console.status(f"profiling {run_dir.split_file('train')}"):
         path = write_profile(run_dir, tokenizer, embedder=embedder)
-    data = json.loads(path.read_text(encoding="utf-8"))
-    lengths = data["lengths"]["input"]
+    written = read_profile(path)
+    lengths = written.lengths.input
     console.print(
-        f"[green]wrote[/] {path}: {data['n_train']} training rows ({data['task']}), sample of {data['sample']['n']}; "
-        f"input length p50 {lengths['p50']:.0f} / p90 {lengths['p90']:.0f} {data['length_unit']}; "
-        f"embedder {data['embedder']['name']}"
+        f"[green]wrote[/] {path}: {written.n_train} training rows ({written.task}), sample of {written.sample.n}; "
+        f"input length p50 {lengths.p50 or 0:.0f} / p90 {lengths.p90 or 0:.0f} {written.length_unit}; "
+        f"embedder {written.embedder.name}"
     )
 
 
@@ -83,7 +82,7 @@ def drift(
     from rich.table import Table
 
     from specialize.errors import ConfigError
-    from specialize.monitor.drift import load_drift_config, run_drift
+    from specialize.monitor.drift import evaluated_outputs, load_drift_config, run_drift
     from specialize.monitor.profile import load_profile, load_run_tokenizer, write_profile
     from specialize.monitor.report import report_json, write_drift_report
     from specialize.monitor.webhook import post_json
@@ -103,19 +102,19 @@ def drift(
         tokenizer = load_run_tokenizer(run_dir)
         write_profile(run_dir, tokenizer)
     reference = load_profile(run_dir.path)
-    if reference["length_unit"] == "tokens" and tokenizer is None:
+    if reference.length_unit == "tokens" and tokenizer is None:
         tokenizer = load_run_tokenizer(run_dir)
     with console.status("comparing live traffic with the training data"):
-        result = run_drift(
-            run_dir.path,
+        report = run_drift(
+            reference,
             log,
+            settings,
             adapter=adapter,
             since=since,
-            config=settings,
+            reference_outputs=evaluated_outputs(run_dir.path),
             tokenizer=tokenizer,
-            profile=reference,
+            over_time=True,
         )
-    report = result.report
 
     table = Table(
         title=f"drift of {adapter or run_dir.path.name}: {report.n_used} requests", title_justify="left"
@@ -142,12 +141,12 @@ def drift(
         console.print(
             f"[dim]{report.correction}; embedder {report.embedder}; lengths in {report.length_unit}[/]"
         )
-    paths = write_drift_report(report, out or run_dir.path / "drift", result.over_time)
+    paths = write_drift_report(report, out or run_dir.path / "drift")
     console.print(f"report: {paths['html']}  json: {paths['json']}")
     if webhook and (
         webhook_on == "always" or report.level == "alert" or (webhook_on == "warn" and report.level == "warn")
     ):
-        posted = post_json(webhook, report_json(report, result.over_time))
+        posted = post_json(webhook, report_json(report))
         (console if posted.ok else err_console).print(
             ("" if posted.ok else "[yellow]warning:[/] ") + posted.message
         )
