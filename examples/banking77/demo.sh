@@ -6,8 +6,10 @@ here="$(cd "$(dirname "$0")" && pwd)"
 out="${1:-runs/banking77}"
 bin="${SPECIALIZE_BIN:-.venv/bin/specialize}"
 
-echo "== 1. Check the data (all 10,003 training and 3,080 test rows)"
-"$bin" check "$here/train.csv" --test "$here/test.csv" --input-field text --output-field category || {
+echo "== 1. Check the data (all 10,003 training and 3,080 test rows); the time estimate is for"
+echo "   the config's training run, from a short calibration measured on this machine"
+"$bin" check "$here/train.csv" --test "$here/test.csv" --input-field text --output-field category \
+  --config "$here/config.yaml" || {
   code=$?; [ "$code" -eq 2 ] && { echo "the data has errors; stopping"; exit 2; }; exit "$code"; }
 
 echo

@@ -42,6 +42,7 @@ def check_data(
     epochs: float = 1.0,
     config: RunConfig | None = None,
     calibrate: bool = True,
+    recalibrate: bool = False,
     price_per_hour: float = DEFAULT_PRICE_PER_HOUR,
 ) -> DataReport:
     """Validate a file of examples (and optionally a test file) without training anything.
@@ -49,7 +50,9 @@ def check_data(
     With a `model`, token statistics use its tokenizer and chat template, and the time estimate
     comes from a short measured training calibration of that model on this machine (cached; see
     `specialize.train.calibrate`), with the training settings of `config` (default settings
-    otherwise). `calibrate=False` skips it: the report then has token counts but no time.
+    otherwise). `calibrate=False` skips it: the report then has token counts but no time;
+    `recalibrate=True` measures again instead of using the cached figure (after a hardware
+    change, or when the first measurement ran beside other work).
     """
     tokenizer = None
     if model is not None:
@@ -87,7 +90,7 @@ def check_data(
             ("prompt_template", prompt_template),
         ):
             setattr(run_config.data, key, value)
-        calibration = measure(run_config, data)
+        calibration = measure(run_config, data, use_cache=not recalibrate)
         estimate = report.estimate
         plan = training_plan(run_config, report.rows, has_test_file=test is not None)
         seconds, validation = estimate_seconds(

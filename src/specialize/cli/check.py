@@ -49,6 +49,12 @@ def check(
         bool,
         typer.Option("--no-calibrate", help="Skip the measured training calibration (no time estimate)."),
     ] = False,
+    recalibrate: Annotated[
+        bool,
+        typer.Option(
+            "--recalibrate", help="Measure the training speed again instead of using the cached figure."
+        ),
+    ] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the report as JSON instead of tables.")
     ] = False,
@@ -79,6 +85,7 @@ def check(
         epochs=epochs or 1.0,
         config=run_config,
         calibrate=not no_calibrate,
+        recalibrate=recalibrate,
     )
     if report is not None:
         atomic_write_text(report, result.model_dump_json(indent=2))

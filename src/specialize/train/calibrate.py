@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -135,3 +136,46 @@ def _cpu_model() -> str | None:
     except OSError:
         return None
     return None
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """How much work a config makes of a file of `rows` examples."""
+
+    train_rows: int
+    val_rows: int
+    steps: int
+    evaluations: int
+
+
+def training_plan(config: RunConfig, rows: int, has_test_file: bool) -> TrainingPlan:
+    """The rows training sees and the steps it takes, by the same rules as `data.prepare`: the
+    validation share (and the test share when there is no test file) is cut from the file first,
+    then `max_train_examples` / `max_val_examples` cap what is left."""
+    d, t = config.data, config.train
+    val = int(round(rows * d.val_fraction))
+    test = 0 if has_test_file else int(round(rows * d.test_fraction))
+    train = max(rows - val - test, 0)
+    if d.max_train_examples:
+        train = min(train, d.max_train_examples)
+    if d.max_val_examples:
+        val = min(val, d.max_val_examples)
+    per_step = t.batch_size * t.grad_accum
+    steps = t.max_steps or max(1, math.ceil(train * t.epochs / per_step))
+    evaluations = (steps // t.eval_every + 1) if val else 0
+    return TrainingPlan(train_rows=train, val_rows=val, steps=steps, evaluations=evaluations)
+
+
+# A validation pass is a forward pass only: about a third of a training step's work per token
+# (forward, plus a backward pass that costs about twice the forward).
+FORWARD_SHARE = 1 / 3
+
+
+def estimate_seconds(
+    plan: TrainingPlan, tokens_per_row: float, epochs: float, tokens_per_second: float
+) -> tuple[float, float]:
+    """(training seconds, of which validation seconds) for `plan` at the calibrated throughput."""
+    train_tokens = plan.train_rows * tokens_per_row * epochs
+    val_tokens = plan.evaluations * plan.val_rows * tokens_per_row
+    validation = val_tokens * FORWARD_SHARE / tokens_per_second
+    return train_tokens / tokens_per_second + validation, validation
