@@ -28,7 +28,7 @@ from specialize.records.eval import (
 from specialize.registry import AdapterRegistry
 from specialize.run_dir import RunDir
 from specialize.train.sft import train
-from tests.unit.test_train import LABELS, tiny_config
+from tests.train.test_sft import LABELS, tiny_config
 
 
 def _tuned(mean_diff: float, p_value: float) -> ContenderResult:
@@ -99,7 +99,7 @@ def test_a_harmful_contract_is_off_by_default_for_generate_registry_and_server(t
 def test_the_server_decodes_freely_by_default_and_says_why(trained_run, tiny_model_dir, tmp_path):
     import httpx
 
-    from tests.integration.test_serve_http import running_server
+    from tests.serve.test_app import running_server
 
     run = trained_run
     _write_eval(run, _tuned(-0.25, 0.002))

@@ -137,7 +137,7 @@ def test_json_extraction_dataset_gets_json_metrics(tiny_model_dir, tmp_path):
     for c in report["contenders"]:
         con = c["constrained"]
         # A random model runs out of tokens inside strings: exactly the unfinished replies are invalid
-        # (tests/unit/test_constrain.py checks that finished ones validate).
+        # (tests/constrain/test_decoder.py checks that finished ones validate).
         assert round(con["invalid_constrained"] * len(con["predictions"])) == con["incomplete"]
 
 
