@@ -1,7 +1,7 @@
 """Enforce an output contract while decoding: a token mask per sequence, from llguidance.
 
 `compile_constraint(contract, tokenizer, eos_token_ids)` compiles a contract for one tokenizer once
-(the tokenizer's own table, about 0.4 s for a 49k vocabulary, is built once per tokenizer and kept
+(the tokenizer's own table, which takes a noticeable fraction of a second for a large vocabulary, is built once per tokenizer and kept
 while the tokenizer lives; compiled contracts are kept too, the most recent 64 per tokenizer).
 `Constraint.start()` gives each sequence a `ConstraintState`; `mask_logits(states, logits)` sets
 every token a row's state does not allow to -inf, and `state.advance(token)` moves the state on.

@@ -2,7 +2,7 @@
 
 PEFT's mixed-adapter batches (`adapter_names=`) loop over the distinct adapters of a batch in
 every LoRA layer, so a decode step with 16 different adapters costs 16 small matmuls per layer
-plus Python overhead; measured on SmolLM2-135M that is ~2x slower than one adapter. Here every
+plus Python overhead, so a step costs more the more distinct adapters it holds. Here every
 target `nn.Linear` is wrapped once by `BatchedLoraLinear`, which keeps the resident adapters
 stacked in slots, `A: [slots, in, r]` and `B: [slots, r, out]` (B pre-multiplied by the LoRA
 scaling), and computes each row's update with two batched matmuls over its gathered slot:

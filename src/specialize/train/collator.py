@@ -72,9 +72,8 @@ class PackedCollator:
     block-diagonal causal mask from those restarts, so no token attends across examples. Rows
     are capped at `row_tokens` (by default the batch's longest example) because attention under
     such a mask costs (row x row) per head and layer, and keeps that matrix for the backward pass:
-    one long row would trade padding for a quadratic matrix. On the demo's data (about 45 tokens
-    per example, batches of 16) rows of the longest example trained 15% faster than rows of 256
-    tokens, with less memory. Rows are filled first-fit, longest example first, and only their ends
+    one long row would trade padding for a quadratic matrix (benchmarks/train_throughput.py
+    compares row lengths). Rows are filled first-fit, longest example first, and only their ends
     are padded (the padding forms its own block).
 
     The LM head runs only at positions that predict a reply token: `logits_to_keep` takes the
