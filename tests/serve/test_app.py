@@ -238,7 +238,8 @@ def test_engine_tokens_equal_peft_alone_and_in_a_mixed_batch(tiny_model_dir, reg
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from specialize.serve.adapters import ResidentAdapters
-    from specialize.serve.engine import Engine, SamplingParams
+    from specialize.serve.engine import Engine
+    from specialize.serve.requests import SamplingParams
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     store = AdapterRegistry(registry_dir)

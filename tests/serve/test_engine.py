@@ -13,7 +13,8 @@ import torch
 from specialize.constrain import OutputContract, labels_contract, schema_contract
 from specialize.models.chat import render_prompt
 from specialize.registry import AdapterRegistry
-from specialize.serve.engine import Engine, SamplingParams
+from specialize.serve.engine import Engine
+from specialize.serve.requests import SamplingParams
 from tests.conftest import make_adapter_run
 
 EOS = 2  # <|im_end|> in the tiny tokenizer

@@ -5,9 +5,10 @@
 """
 
 from specialize.serve.app import create_app, serve
-from specialize.serve.engine import Completion, Engine, EngineStopped, QueueFull, SamplingParams
+from specialize.serve.engine import Engine
 from specialize.serve.errors import APIError
 from specialize.serve.options import ServeOptions
+from specialize.serve.requests import Completion, EngineStopped, QueueFull, SamplingParams
 from specialize.serve.server import ModelServer
 
 __all__ = [

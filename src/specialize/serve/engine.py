@@ -23,187 +23,33 @@ grow without limit, and the HTTP layer turns that into a 503 the client can retr
 from __future__ import annotations
 
 import copy
-import itertools
 import logging
-import secrets
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from specialize.constrain.contract import OutputContract
-from specialize.constrain.decoder import Constraint, ConstraintState, compile_constraint, mask_logits
+from specialize.constrain.decoder import Constraint, compile_constraint, mask_logits
 from specialize.errors import SpecializeError
 from specialize.registry.store import AdapterRecord
 from specialize.serve.adapters import ResidentAdapters
+from specialize.serve.requests import (
+    Completion,
+    EngineStopped,
+    Event,
+    QueueFull,
+    RequestHandle,
+    RunningRow,
+    SamplingParams,
+)
 
 log = logging.getLogger(__name__)
-
-Event = tuple[str, Any]  # ("delta", str) | ("done", Completion) | ("error", BaseException)
-_ids = itertools.count(1)
-
-
-class QueueFull(SpecializeError):
-    """More requests are waiting than the server accepts; retry later."""
-
-
-class EngineStopped(SpecializeError):
-    """The server is shutting down and takes no new requests."""
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    max_tokens: int = 16
-    temperature: float = 1.0  # 0 = greedy
-    top_p: float = 1.0
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-    ignore_eos: bool = False  # generate exactly max_tokens (benchmarks), as vLLM's extension
-    # Every token is chosen under this mask (one label, JSON under a schema); from `Engine.compile`.
-    constraint: Constraint | None = None
-
-
-@dataclass
-class Completion:
-    text: str
-    finish_reason: str  # "stop" | "length" | "cancelled"
-    prompt_tokens: int
-    completion_tokens: int
-    token_ids: list[int] = field(repr=False)
-    queued_seconds: float
-    first_token_seconds: float | None
-    total_seconds: float
-
-
-class RequestHandle:
-    """A submitted request. Events go to `on_event` from the engine thread; `wait()` blocks."""
-
-    def __init__(
-        self,
-        prompt_ids: Sequence[int],
-        params: SamplingParams,
-        adapter: AdapterRecord | None,
-        on_event: Callable[[Event], None] | None,
-    ):
-        self.id = next(_ids)
-        self.prompt_ids = list(prompt_ids)
-        self.params = params
-        self.adapter = adapter
-        self._on_event = on_event
-        self.submitted = time.perf_counter()
-        self.admitted: float | None = None
-        self.first_token: float | None = None
-        self.cancelled = False
-        self.result: Completion | None = None
-        self.error: BaseException | None = None
-        self._done = threading.Event()
-
-    def cancel(self) -> None:
-        """Stop generating (the client went away); the row is dropped at the next step."""
-        self.cancelled = True
-
-    @property
-    def done(self) -> bool:
-        return self._done.is_set()
-
-    def wait(self, timeout: float | None = None) -> Completion:
-        if not self._done.wait(timeout):
-            raise TimeoutError(f"request {self.id} did not finish in {timeout} s")
-        if self.error is not None:
-            raise self.error
-        assert self.result is not None
-        return self.result
-
-    def _emit(self, kind: str, payload: Any) -> None:
-        if kind == "done":
-            self.result = payload
-        elif kind == "error":
-            self.error = payload
-        if self._on_event is not None:
-            try:
-                self._on_event((kind, payload))
-            except Exception:  # a broken consumer must not stop the engine
-                log.exception("event callback of request %d failed", self.id)
-        if kind in ("done", "error"):
-            self._done.set()
-
-
-class _Row:
-    """One running request: its slot, position, generated tokens and the text sent so far."""
-
-    def __init__(self, handle: RequestHandle, slot: int):
-        self.handle = handle
-        self.slot = slot
-        self.key = handle.adapter.key if handle.adapter is not None else None
-        self.position = len(handle.prompt_ids)
-        self.pending = 0  # the last sampled token, fed at the next step
-        self.tokens: list[int] = []
-        self.text = ""
-        self.emitted = 0
-        self.finish_reason: str | None = None
-        seed = handle.params.seed if handle.params.seed is not None else secrets.randbits(63)
-        self.generator = torch.Generator().manual_seed(seed) if handle.params.temperature > 0 else None
-        constraint = handle.params.constraint
-        self.state: ConstraintState | None = constraint.start() if constraint is not None else None
-
-    def accept(self, token: int, tokenizer: Any, eos_ids: frozenset[int]) -> bool:
-        """Record a sampled token, stream the new text, and say whether the request is done."""
-        params = self.handle.params
-        self.tokens.append(token)
-        self.pending = token
-        if self.handle.first_token is None:
-            self.handle.first_token = time.perf_counter()
-        reason = None
-        text_tokens = self.tokens
-        if token in eos_ids and not params.ignore_eos:
-            reason, text_tokens = "stop", self.tokens[:-1]
-        state = self.state
-        if state is not None:
-            if not state.advance(token):  # cannot happen under the mask; the state now allows only EOS
-                log.warning(
-                    "request %d: token %d broke its constraint: %s", self.handle.id, token, state.error
-                )
-            if state.finished:  # a whole label / JSON value, and only end-of-turn may follow
-                reason = "stop"
-            # Text exactly as the constraint matched it (no clean-up of spaces before punctuation).
-            text = tokenizer.decode(text_tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        else:
-            text = tokenizer.decode(text_tokens, skip_special_tokens=True)
-        if reason is None and params.stop:
-            cut = _first_stop(text, params.stop, start=max(0, self.emitted - max(map(len, params.stop))))
-            if cut is not None:
-                text, reason = text[:cut], "stop"
-        if reason is None and len(self.tokens) >= params.max_tokens:
-            reason = "length"
-        self.text = text
-        safe = len(text) if reason else len(text) - _holdback(text, params.stop)
-        if safe > self.emitted:
-            self.handle._emit("delta", text[self.emitted : safe])
-            self.emitted = safe
-        self.finish_reason = reason
-        return reason is not None
-
-
-def _first_stop(text: str, stops: Sequence[str], start: int) -> int | None:
-    found = [i for i in (text.find(s, start) for s in stops if s) if i >= 0]
-    return min(found) if found else None
-
-
-def _holdback(text: str, stops: Sequence[str]) -> int:
-    """Characters not to stream yet: a possible start of a stop string, or half a UTF-8 char."""
-    hold = 1 if text.endswith("\ufffd") else 0
-    for stop in stops:
-        for k in range(min(len(stop) - 1, len(text)), 0, -1):
-            if text.endswith(stop[:k]):
-                hold = max(hold, k)
-                break
-    return hold
 
 
 class Engine:
@@ -232,7 +78,7 @@ class Engine:
         self._cv = threading.Condition()
         self._waiting: deque[RequestHandle] = deque()
         self._commands: deque[tuple[Callable[[], Any], Future]] = deque()
-        self._rows: list[_Row] = []
+        self._rows: list[RunningRow] = []
         self._cache: Any = None
         self._mask: torch.Tensor | None = None
         self._accepting = True
@@ -363,23 +209,23 @@ class Engine:
             if room <= 0 or self._paused or not self._waiting:
                 return
             taken = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
-        rows: list[_Row] = []
+        rows: list[RunningRow] = []
         for n, handle in enumerate(taken):
             if handle.cancelled:
-                handle._emit("done", _cancelled(handle))
+                handle.emit("done", _cancelled(handle))
                 continue
             try:
                 slot = self.adapters.acquire(handle.adapter) if handle.adapter is not None else 0
             except Exception as exc:
                 log.warning("request %d: adapter failed to load: %s", handle.id, exc)
-                handle._emit("error", exc)
+                handle.emit("error", exc)
                 continue
             if slot is None:  # every slot pinned by running requests: keep FIFO order, retry later
                 with self._cv:
                     self._waiting.extendleft(reversed(taken[n:]))
                 break
             handle.admitted = time.perf_counter()
-            rows.append(_Row(handle, slot))
+            rows.append(RunningRow(handle, slot))
         if rows:
             try:
                 self._prefill(rows)
@@ -388,7 +234,7 @@ class Engine:
                 self._fail_rows(rows, exc)
 
     @torch.inference_mode()
-    def _prefill(self, rows: list[_Row]) -> None:
+    def _prefill(self, rows: list[RunningRow]) -> None:
         width = max(len(r.handle.prompt_ids) for r in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -424,7 +270,7 @@ class Engine:
             mask = mask.index_select(0, index)
         self._merge(cache, mask, [rows[i] for i in keep])
 
-    def _merge(self, cache: Any, mask: torch.Tensor, rows: list[_Row]) -> None:
+    def _merge(self, cache: Any, mask: torch.Tensor, rows: list[RunningRow]) -> None:
         if not self._rows:
             self._cache, self._mask, self._rows = cache, mask, rows
             return
@@ -489,7 +335,7 @@ class Engine:
             _trim_left(self._cache, first)
             self._mask = self._mask[:, first:]
 
-    def _sample(self, logits: torch.Tensor, rows: list[_Row]) -> list[int]:
+    def _sample(self, logits: torch.Tensor, rows: list[RunningRow]) -> list[int]:
         logits = logits.float()
         states = [row.state for row in rows]
         if any(state is not None for state in states):
@@ -501,12 +347,12 @@ class Engine:
                 chosen[i] = _sample_row(logits[i], params.temperature, params.top_p, row.generator)
         return chosen
 
-    def _finish(self, row: _Row) -> None:
+    def _finish(self, row: RunningRow) -> None:
         if row.key is not None:
             self.adapters.release(row.key)
         handle = row.handle
         now = time.perf_counter()
-        handle._emit(
+        handle.emit(
             "done",
             Completion(
                 text=row.text,
@@ -520,19 +366,19 @@ class Engine:
             ),
         )
 
-    def _fail_rows(self, rows: list[_Row], exc: BaseException) -> None:
+    def _fail_rows(self, rows: list[RunningRow], exc: BaseException) -> None:
         for row in rows:
             if row.key is not None:
                 self.adapters.release(row.key)
             if not row.handle.done:
-                row.handle._emit("error", exc)
+                row.handle.emit("error", exc)
 
     def _abandon(self, exc: BaseException) -> None:
         with self._cv:
             waiting = list(self._waiting)
             self._waiting.clear()
         for handle in waiting:
-            handle._emit("error", exc)
+            handle.emit("error", exc)
         self._fail_rows(self._rows, exc)
         self._rows, self._cache, self._mask = [], None, None
 

@@ -16,8 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from specialize.serve.engine import Completion
 from specialize.serve.errors import APIError
+from specialize.serve.requests import Completion
 
 # Request bodies ------------------------------------------------------------------------------
 

@@ -29,14 +29,7 @@ from specialize.models.registry import weights_fingerprint
 from specialize.registry.errors import AdapterNotFoundError, IncompatibleAdapterError
 from specialize.registry.store import AdapterRecord, AdapterRegistry, check_compatible, check_name
 from specialize.serve.adapters import ResidentAdapters
-from specialize.serve.engine import (
-    Completion,
-    Engine,
-    EngineStopped,
-    QueueFull,
-    RequestHandle,
-    SamplingParams,
-)
+from specialize.serve.engine import Engine
 from specialize.serve.errors import APIError, error_body
 from specialize.serve.metrics import ServerMetrics
 from specialize.serve.options import ServeOptions, default_request_log_path
@@ -51,6 +44,7 @@ from specialize.serve.protocol import (
     sse,
 )
 from specialize.serve.request_log import RequestLog
+from specialize.serve.requests import Completion, EngineStopped, QueueFull, RequestHandle, SamplingParams
 
 log = logging.getLogger(__name__)
 
