@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from specialize.inference import _common_prefix, generate
+from specialize.inference import common_prefix, generate
 from specialize.models.load import load_model
 
 SYSTEM = "You route messages. Allowed labels: " + ", ".join(f"label_{i}" for i in range(30))
@@ -32,9 +32,9 @@ def test_shared_prefix_gives_the_same_greedy_answers(tiny_model_dir):
 
 
 def test_common_prefix_leaves_every_prompt_a_token():
-    assert _common_prefix([[1, 2, 3], [1, 2, 3]]) == [1, 2]
-    assert _common_prefix([[1, 2, 3, 4], [1, 2, 5]]) == [1, 2]
-    assert _common_prefix([[7], [1, 2]]) == []
+    assert common_prefix([[1, 2, 3], [1, 2, 3]]) == [1, 2]
+    assert common_prefix([[1, 2, 3, 4], [1, 2, 5]]) == [1, 2]
+    assert common_prefix([[7], [1, 2]]) == []
 
 
 def test_stop_strings_cut_the_answer(tiny_model_dir):

@@ -131,7 +131,7 @@ def generate(
     tokenizer, model = loaded.tokenizer, loaded.model
     prompts = [render_prompt(tokenizer, c) for c in conversations]
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    prefix = _common_prefix(encoded) if share_prefix and len(encoded) > 1 else []
+    prefix = common_prefix(encoded) if share_prefix and len(encoded) > 1 else []
     if len(prefix) < MIN_SHARED_PREFIX:
         prefix = []
     prefix_cache = _prefill(model, prefix) if prefix else None
@@ -203,7 +203,7 @@ def generate(
 MIN_SHARED_PREFIX = 32  # below this, a shared prefill saves less than it costs
 
 
-def _common_prefix(sequences: list[list[int]]) -> list[int]:
+def common_prefix(sequences: list[list[int]]) -> list[int]:
     """The longest token prefix shared by all prompts, leaving each at least one own token."""
     shortest = min(len(s) for s in sequences)
     first = sequences[0]

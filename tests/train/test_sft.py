@@ -149,14 +149,14 @@ def test_bad_data_trains_nothing_and_writes_nothing(tiny_model_dir, tmp_path):
 def test_only_rank_zero_refuses_a_taken_run_dir(tmp_path):
     """Under DDP rank 0 may already be writing the run dir when another rank checks it."""
     from specialize.run_dir import RunDir
-    from specialize.train.sft import _check_run_dir
+    from specialize.train.sft import check_run_dir
 
     run = RunDir(tmp_path / "run")
     run.path.mkdir()
     (run.path / "config.yaml").write_text("x")
-    assert _check_run_dir(run, resume=False, main=False) is None
+    assert check_run_dir(run, resume=False, main=False) is None
     with pytest.raises(RunError, match="already exists"):
-        _check_run_dir(run, resume=False, main=True)
+        check_run_dir(run, resume=False, main=True)
 
 
 def test_bf16_mixed_precision_keeps_fp32_adapter_weights(tiny_model_dir, memorisable, tmp_path):
@@ -207,7 +207,7 @@ def test_a_given_output_schema_is_recorded_and_a_bad_one_trains_nothing(tiny_mod
 
 def test_attention_kernel_is_eager_only_for_short_rows_on_cpu(tiny_model_dir, memorisable):
     from specialize.train.collator import EncodedDataset
-    from specialize.train.sft import _attention_kernel
+    from specialize.train.sft import attention_kernel
 
     class _Encoded:
         def __init__(self, n):
@@ -215,10 +215,10 @@ def test_attention_kernel_is_eager_only_for_short_rows_on_cpu(tiny_model_dir, me
 
     short, long = EncodedDataset([_Encoded(40)]), EncodedDataset([_Encoded(600)])
     config = tiny_config(tiny_model_dir, memorisable)
-    assert _attention_kernel(config, "cpu", short, None) == "eager"
-    assert _attention_kernel(config, "cpu", long, None) is None, "eager keeps a row x row matrix per layer"
-    assert _attention_kernel(config, "cuda", short, None) is None
+    assert attention_kernel(config, "cpu", short, None) == "eager"
+    assert attention_kernel(config, "cpu", long, None) is None, "eager keeps a row x row matrix per layer"
+    assert attention_kernel(config, "cuda", short, None) is None
     config.train.pack_tokens = 1024
-    assert _attention_kernel(config, "cpu", short, None) is None, "packed rows of 1024 are long rows"
+    assert attention_kernel(config, "cpu", short, None) is None, "packed rows of 1024 are long rows"
     config.train.attention = "sdpa"
-    assert _attention_kernel(config, "cpu", short, None) == "sdpa"
+    assert attention_kernel(config, "cpu", short, None) == "sdpa"

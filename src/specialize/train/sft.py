@@ -59,7 +59,7 @@ def train(
 
     run = RunDir(Path(out))
     main = is_main_process()
-    checkpoint = _check_run_dir(run, resume, main)
+    checkpoint = check_run_dir(run, resume, main)
     if resume:
         config = run.config()
     torch.set_num_threads(config.train.threads or os.cpu_count() or 1)
@@ -86,7 +86,7 @@ def train(
     max_len = config.model.max_seq_len
     train_set = EncodedDataset([encode(tokenizer, e, max_len) for e in splits.train])
     val_set = EncodedDataset([encode(tokenizer, e, max_len) for e in splits.val]) if splits.val else None
-    attention = _attention_kernel(config, loaded.model.device.type, train_set, val_set)
+    attention = attention_kernel(config, loaded.model.device.type, train_set, val_set)
     if attention is not None:
         loaded.model.set_attn_implementation(attention)
     model = _prepare_model(loaded.model, config)
@@ -204,7 +204,7 @@ def _autocast_lora_inputs(model: Any, bf16: bool) -> Any:
 EAGER_MAX_ROW_TOKENS = 512
 
 
-def _attention_kernel(config: RunConfig, device: str, *datasets: EncodedDataset | None) -> str | None:
+def attention_kernel(config: RunConfig, device: str, *datasets: EncodedDataset | None) -> str | None:
     """The attention implementation to train with, or None for the model's default.
 
     On CPU, torch's flash-attention kernel (what sdpa picks) is slower per training step than
@@ -230,7 +230,7 @@ def _use_bf16(config: RunConfig) -> bool:
     return native_bf16(default_device())
 
 
-def _check_run_dir(run: RunDir, resume: bool, main: bool = True) -> Path | None:
+def check_run_dir(run: RunDir, resume: bool, main: bool = True) -> Path | None:
     if resume:
         if not run.config_file.is_file():
             raise RunError(f"{run.path}: nothing to resume (no config.yaml); start it without --resume")
