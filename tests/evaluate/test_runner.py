@@ -16,14 +16,22 @@ from specialize.evaluate.html import PLOTS
 runner = CliRunner()
 
 
-def write_config(tmp_path: Path, model_dir: Path, rows: list[dict], **data) -> Path:
+def write_config(
+    tmp_path: Path, model_dir: Path, rows: list[dict], eval_overrides: dict | None = None, **data
+) -> Path:
     data_file = tmp_path / "data.jsonl"
     data_file.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     config = {
         "data": {"train": str(data_file), "val_fraction": 0.1, "test_fraction": 0.2, **data},
         "model": {"base": str(model_dir), "max_seq_len": 96},
         "train": {"epochs": 1, "batch_size": 8, "eval_every": 5, "threads": 1},
-        "eval": {"few_shot_k": 2, "latency_samples": 2, "bootstrap_resamples": 200, "max_new_tokens": 12},
+        "eval": {
+            "few_shot_k": 2,
+            "latency_samples": 2,
+            "bootstrap_resamples": 200,
+            "max_new_tokens": 12,
+            **(eval_overrides or {}),
+        },
     }
     path = tmp_path / "config.yaml"
     import yaml
@@ -36,15 +44,20 @@ class _Collect(HTMLParser):
     def __init__(self):
         super().__init__()
         self.ids, self.images, self.rows = set(), [], 0
+        self.table_rows: dict[str, int] = {}  # rows per table id
+        self._table = None
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
         if "id" in attrs:
             self.ids.add(attrs["id"])
+        if tag == "table":
+            self._table = attrs.get("id")
         if tag == "img":
             self.images.append(attrs.get("src", ""))
         if tag == "tr":
             self.rows += 1
+            self.table_rows[self._table] = self.table_rows.get(self._table, 0) + 1
 
 
 def run_cli(config: Path, out: Path):
@@ -59,8 +72,16 @@ def test_classification_report_is_complete(tiny_model_dir, tmp_path):
         for i in range(60)
         for lab in [["card", "loan", "fees"][i % 3]]
     ]
+    # The classic baseline has its own test below; this one keeps to the language-model contenders.
     report, output = run_cli(
-        write_config(tmp_path, tiny_model_dir, rows, input_field="text", output_field="intent"),
+        write_config(
+            tmp_path,
+            tiny_model_dir,
+            rows,
+            eval_overrides={"classic_baseline": False},
+            input_field="text",
+            output_field="intent",
+        ),
         tmp_path / "run",
     )
     assert report["task"] == "classification"
@@ -101,10 +122,83 @@ def test_classification_report_is_complete(tiny_model_dir, tmp_path):
     assert len(parser.images) == len(PLOTS) and all(
         src.startswith("data:image/png;base64,") for src in parser.images
     )
-    assert parser.rows == 2 * (1 + len(names)), "the summary and the constrained table"
+    # The summary and the constrained table: a header and one row per contender each (the worst
+    # labels and the confidence table come on top of them).
+    assert parser.table_rows["summary"] == parser.table_rows["constrained"] == 1 + len(names)
+    assert parser.rows == 2 * (1 + len(names)) + parser.table_rows["worst"] + parser.table_rows["confidence"]
     assert "constrained" in parser.ids
     md = (tmp_path / "run" / "eval" / "report.md").read_text()
     assert report["headline"] in md
+
+
+def test_classic_baseline_and_reply_confidence(tiny_model_dir, tmp_path):
+    rows = [
+        {"text": f"query {i} about {lab}", "intent": lab}
+        for i in range(60)
+        for lab in [["card", "loan", "fees"][i % 3]]
+    ]
+    config = write_config(
+        tmp_path,
+        tiny_model_dir,
+        rows,
+        eval_overrides={"target_precision": 0.5},
+        input_field="text",
+        output_field="intent",
+    )
+    report, output = run_cli(config, tmp_path / "run")
+    names = [c["name"] for c in report["contenders"]]
+    assert names == ["zero-shot", "few-shot (k=2)", "fine-tuned", "TF-IDF + logistic regression"]
+    classic = report["contenders"][-1]
+    assert classic["role"] == "classic" and classic["constrained"] is None and classic["confidence"] is None
+    assert classic["tokens"] == {"prompt_mean": 0.0, "completion_mean": 0.0}
+    assert classic["latency"]["samples"] == 2 and classic["cost_per_1k"] > 0
+    # The label is a word of the request: TF-IDF gets every row, and it is then the best baseline.
+    assert classic["quality"]["primary_value"] == 1.0 and set(classic["predictions"]) <= {
+        "card",
+        "fees",
+        "loan",
+    }
+    assert report["comparison"]["best_baseline"] == "TF-IDF + logistic regression"
+    assert "TF-IDF + logistic regression" in report["headline"] and "cost" in report["headline"]
+    for c in report["contenders"]:
+        assert set(c["quality"]["per_label"]) == {"card", "fees", "loan"}
+        assert all(s["support"] > 0 for s in c["quality"]["per_label"].values())
+
+    tuned = report["contenders"][2]
+    confidence = tuned["confidence"]
+    n = report["test_rows"]
+    assert confidence["replies"] == "constrained" and len(confidence["confidence"]) == n
+    # Under the label contract every reply is a label, so every row has a confidence.
+    assert all(0 < p <= 1 for p in confidence["confidence"]) and len(confidence["correct"]) == n
+    assert confidence["correct"] == [
+        p == r
+        for p, r in zip(tuned["constrained"]["predictions"], _references(tmp_path / "run"), strict=True)
+    ]
+    assert 0 <= confidence["ece"] <= 1 and len(confidence["bins"]) == 15
+    assert 0 <= confidence["top_label_agreement"] <= 1
+    assert sum(b["count"] for b in confidence["bins"]) == n
+    assert confidence["coverage_curve"][-1]["coverage"] == 1.0 and confidence["target_precision"] == 0.5
+    if confidence["threshold"] is not None:
+        chosen = next(p for p in confidence["coverage_curve"] if p["threshold"] == confidence["threshold"])
+        assert chosen["precision"] >= 0.5 and chosen["coverage"] == confidence["threshold_coverage"]
+
+    md = (tmp_path / "run" / "eval" / "report.md").read_text()
+    assert "## Worst labels of the fine-tuned model" in md and "## Confidence" in md
+    assert "| TF-IDF + logistic regression |" in md
+    parser = _Collect()
+    parser.feed((tmp_path / "run" / "eval" / "report.html").read_text())
+    assert {"plot-reliability", "plot-coverage", "worst", "confidence"} <= parser.ids
+    assert len(parser.images) == len(PLOTS)
+    assert parser.table_rows["summary"] == 1 + len(names) and parser.table_rows["confidence"] == 2
+    assert parser.table_rows["constrained"] == len(names), (
+        "the classic baseline has no contract to decode under"
+    )
+    assert "Worst labels" in output and "ECE" in output
+
+
+def _references(run: Path) -> list[str]:
+    lines = (run / "splits" / "test.jsonl").read_text().splitlines()
+    return [json.loads(line)["completion"] for line in lines if line.strip()]
 
 
 def test_json_extraction_dataset_gets_json_metrics(tiny_model_dir, tmp_path):
@@ -128,6 +222,14 @@ def test_json_extraction_dataset_gets_json_metrics(tiny_model_dir, tmp_path):
     assert report["contenders"][-1]["quality"]["primary"] == "field_f1"
     assert {"parse_rate", "exact_match", "field_f1"} <= set(values)
     assert report["labels"] is None
+    tuned = report["contenders"][-1]
+    assert tuned["quality"]["per_label"] is None and set(tuned["quality"]["per_field"]) <= {
+        "name",
+        "age",
+        "city",
+    }
+    assert all(c["role"] != "classic" for c in report["contenders"]), "no classic baseline for JSON replies"
+    assert "## Worst fields of the fine-tuned model" in (tmp_path / "run" / "eval" / "report.md").read_text()
     schema = report["output_contract"]["schema"]
     assert report["output_contract"]["kind"] == "json_schema" and set(schema["required"]) == {
         "name",
@@ -158,7 +260,9 @@ def test_free_text_dataset_gets_text_metrics(tiny_model_dir, tmp_path):
     )
     assert report["comparison"]["name"] != "mcnemar"
     assert report["output_contract"] == {"kind": "none"}
-    assert all(c.get("constrained") is None for c in report["contenders"]), "free text has no contract to enforce"
+    assert all(c.get("constrained") is None for c in report["contenders"]), (
+        "free text has no contract to enforce"
+    )
 
 
 def test_eval_of_a_directory_that_is_not_a_run(tmp_path):

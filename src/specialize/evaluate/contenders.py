@@ -4,6 +4,9 @@
 fine-tuned model with the short prompt it was trained on, (d) extras from the config (another
 run, another base model zero-shot). Base-model contenders reuse the fine-tuned model's weights
 with the adapter switched off, so the base is loaded once.
+
+For label tasks, (e) the classic baseline (`evaluate.classic`): not a language model, so it is
+built apart from the generation contenders and measured by its own function.
 """
 
 from __future__ import annotations
@@ -17,9 +20,12 @@ from typing import Any
 from specialize.data.example import Example
 from specialize.errors import ConfigError
 from specialize.evaluate import prompts
+from specialize.evaluate.classic import NAME as CLASSIC_NAME
+from specialize.evaluate.classic import ClassicContender, ClassicUnavailable, fit_classic
 from specialize.inference import TrainedModel, load_run
 from specialize.models.load import LoadedModel, load_model
 from specialize.outputs import TaskKind
+from specialize.records.eval import Skipped
 
 
 @dataclass
@@ -59,6 +65,18 @@ def build_contenders(
     for extra in cfg.extra_contenders:
         contenders.append(_extra(extra, test, system))
     return contenders
+
+
+def build_classic(
+    trained: TrainedModel, kind: TaskKind, train: list[Example], val: list[Example], test: list[Example]
+) -> ClassicContender | Skipped | None:
+    """The classic baseline for a label task (None when it does not apply or is switched off)."""
+    if kind != "classification" or not trained.config.eval.classic_baseline:
+        return None
+    try:
+        return fit_classic(train, val, test, seed=trained.config.seed)
+    except ClassicUnavailable as why:
+        return Skipped(name=CLASSIC_NAME, reason=str(why))
 
 
 def _base_of(trained: TrainedModel) -> tuple[LoadedModel, Callable[[], Any]]:

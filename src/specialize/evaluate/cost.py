@@ -19,9 +19,13 @@ def cost_per_1k_requests(
         per_request = (
             prompt_tokens * price.input_per_million + completion_tokens * price.output_per_million
         ) / 1e6
-    else:
-        per_request = seconds_per_request * price.machine_per_hour / 3600
-    return 1000 * per_request
+        return 1000 * per_request
+    return machine_cost_per_1k(price, seconds_per_request)
+
+
+def machine_cost_per_1k(price: PriceConfig, seconds_per_request: float) -> float:
+    """A model that runs on your own machine costs its machine time in either price model."""
+    return 1000 * seconds_per_request * price.machine_per_hour / 3600
 
 
 def training_cost(price: PriceConfig, train_seconds: float) -> float:

@@ -10,10 +10,20 @@ import base64
 import html
 import io
 
-from specialize.evaluate.table import Table, constraint_table, paired_sentence, summary_table
+from specialize.evaluate.table import (
+    Table,
+    confidence_table,
+    constraint_table,
+    paired_sentence,
+    skipped_lines,
+    summary_table,
+    worst_table,
+)
 from specialize.records.eval import EvalReport
 
-PLOTS = ("quality", "tokens", "latency", "cost", "loss", "confusions")
+PLOTS = ("quality", "tokens", "latency", "cost", "loss", "confusions", "reliability", "coverage")
+ROLE_COLORS = {"zero-shot": "#9aa5b1", "few-shot": "#9aa5b1", "fine-tuned": "#2b8a3e", "classic": "#e8590c"}
+LOG_SPAN = 50  # bars spanning more than this factor get a log axis, or the small ones vanish
 
 
 def render_html(report: EvalReport) -> str:
@@ -25,6 +35,11 @@ def render_html(report: EvalReport) -> str:
     )
     paired = paired_sentence(report)
     paired = f"<p>{html.escape(paired)}</p>" if paired else ""
+    paired += "".join(f'<p class="skipped">{html.escape(line)}</p>' for line in skipped_lines(report))
+    breakdown = ""
+    for table_id, table in (("worst", worst_table(report)), ("confidence", confidence_table(report))):
+        if table:
+            breakdown += f"<h2>{html.escape(table.title)}</h2>" + _table(table_id, table)
     constrained = constraint_table(report)
     constraint_section = (
         f"<h2>{html.escape(constrained.title)}</h2>" + _table("constrained", constrained)
@@ -50,6 +65,7 @@ img {{ max-width: 560px; }} .headline {{ font-size: 1.2rem; font-weight: 600; }}
 price model: {html.escape(str(report.price.get("mode")))}.</p>
 {_table("summary", summary)}
 {paired}
+{breakdown}
 {constraint_section}
 <section id="plots">{figures}</section>
 </body></html>
@@ -72,12 +88,15 @@ def _figures(report: EvalReport):
 
     contenders = report.contenders
     names = [c.name for c in contenders]
-    colors = ["#9aa5b1" if "shot" in n else "#2b8a3e" if n == "fine-tuned" else "#5c7cfa" for n in names]
+    colors = [ROLE_COLORS.get(c.role, "#5c7cfa") for c in contenders]
 
     def bars(values, title, ylabel, errors=None):
         fig, ax = plt.subplots(figsize=(5.5, 3.2))
         clean = [0.0 if v is None else v for v in values]
         ax.bar(names, clean, color=colors, yerr=errors, capsize=6 if errors is not None else 0)
+        positive = [v for v in clean if v > 0]
+        if errors is None and positive and max(positive) / min(positive) > LOG_SPAN:
+            ax.set_yscale("log")
         ax.set_title(title)
         ax.set_ylabel(ylabel)
         ax.tick_params(axis="x", labelrotation=15)
@@ -114,6 +133,72 @@ def _figures(report: EvalReport):
     )
     yield "loss", "Training and validation loss", _loss(plt, report.training.curves)
     yield "confusions", "Top confusions of the fine-tuned model", _confusions(plt, report)
+    calibration = report.tuned().confidence if contenders else None
+    yield (
+        "reliability",
+        "Reliability of the fine-tuned model's confidence: accuracy per confidence bin",
+        _reliability(plt, calibration),
+    )
+    yield (
+        "coverage",
+        "Accuracy-coverage: answering only the most confident replies",
+        _coverage(plt, calibration),
+    )
+
+
+def _reliability(plt, calibration):
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    filled = [b for b in calibration.bins if b.count] if calibration is not None else []
+    if filled:
+        ax.plot([0, 1], [0, 1], "--", color="#adb5bd", label="calibrated")
+        width = filled[0].upper - filled[0].lower
+        ax.bar(
+            [b.lower for b in filled],
+            [b.accuracy for b in filled],
+            width=width,
+            align="edge",
+            color="#2b8a3e",
+            edgecolor="white",
+            label="accuracy",
+        )
+        ax.plot([b.confidence for b in filled], [b.accuracy for b in filled], "o", color="#1b4332")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence")
+        ax.set_ylabel("accuracy")
+        ax.legend(loc="best")
+    else:
+        ax.text(0.5, 0.5, "no confidence recorded", ha="center", va="center", transform=ax.transAxes)
+    ece = "" if calibration is None or calibration.ece is None else f", ECE {calibration.ece:.3f}"
+    ax.set_title(f"Reliability (fine-tuned{ece})")
+    fig.tight_layout()
+    return fig
+
+
+def _coverage(plt, calibration):
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    curve = calibration.coverage_curve if calibration is not None else []
+    if curve:
+        ax.plot([p.coverage for p in curve], [p.precision for p in curve], "-", color="#2b8a3e")
+        ax.axhline(calibration.target_precision, ls="--", color="#adb5bd", label="target precision")
+        chosen = next((p for p in curve if p.threshold == calibration.threshold), None)
+        if chosen is not None:
+            ax.plot(
+                [chosen.coverage],
+                [chosen.precision],
+                "o",
+                color="#e8590c",
+                label=f"threshold {calibration.threshold:.3f}",
+            )
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("coverage (share of rows answered)")
+        ax.set_ylabel("precision of answered rows")
+        ax.legend(loc="lower left")
+    else:
+        ax.text(0.5, 0.5, "no confidence recorded", ha="center", va="center", transform=ax.transAxes)
+    ax.set_title("Accuracy-coverage (fine-tuned)")
+    fig.tight_layout()
+    return fig
 
 
 def _stacked(plt, names, contenders):

@@ -13,7 +13,15 @@ from pathlib import Path
 from specialize import format as fmt
 from specialize.atomic import make_temp_dir, replace_dir
 from specialize.evaluate.html import render_html
-from specialize.evaluate.table import Table, constraint_table, paired_sentence, summary_table
+from specialize.evaluate.table import (
+    Table,
+    confidence_table,
+    constraint_table,
+    paired_sentence,
+    skipped_lines,
+    summary_table,
+    worst_table,
+)
 from specialize.records.eval import EvalReport
 
 
@@ -51,6 +59,24 @@ def render_markdown(report: EvalReport) -> str:
     paired = paired_sentence(report)
     if paired:
         lines += ["", paired]
+    lines += [line for skipped in skipped_lines(report) for line in ("", f"*{skipped}*")]
+    worst = worst_table(report)
+    if worst:
+        lines += ["", f"## {worst.title}", "", *_markdown_table(worst)]
+    confidence = confidence_table(report)
+    if confidence:
+        lines += [
+            "",
+            "## Confidence",
+            "",
+            "Each reply's probability among all labels (every label scored as a whole reply). ECE: the "
+            "row-weighted gap between confidence and accuracy over 15 equal-width bins. Threshold: the "
+            "smallest confidence whose kept replies reach the target precision; coverage: the share of "
+            "test rows it still answers. Reply = top label: how often the reply is the label the "
+            "scorer ranks first.",
+            "",
+            *_markdown_table(confidence),
+        ]
     constrained = constraint_table(report)
     if constrained:
         kind = report.output_contract.get("kind")

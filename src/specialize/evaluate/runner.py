@@ -5,6 +5,10 @@ throughput), then a timed sample at batch size 1 (latency as a single user sees 
 metrics with bootstrap intervals, a paired test of the fine-tuned model against the best
 baseline, costs and the break-even point. The result is an `EvalReport` (report.json) that the
 report writers render.
+
+Label tasks add the classic TF-IDF baseline (measured by `evaluate.classic`, since it generates
+nothing) and the fine-tuned model's confidence in each reply: every label scored as a whole
+reply, its calibration, and the threshold that reaches `eval.target_precision`.
 """
 
 from __future__ import annotations
@@ -24,24 +28,29 @@ from specialize.constrain import NONE, OutputContract
 from specialize.data.contract import run_contract
 from specialize.data.prepare import read_splits
 from specialize.errors import RunError
+from specialize.evaluate.calibration import calibration
+from specialize.evaluate.classic import ClassicContender, measure_classic
+from specialize.evaluate.confidence import label_probabilities, reply_confidence
 from specialize.evaluate.constraint_effect import constraint_effect, contract_verdict, paired
-from specialize.evaluate.contenders import Contender, build_contenders
+from specialize.evaluate.contenders import Contender, build_classic, build_contenders
 from specialize.evaluate.cost import break_even_requests, cost_per_1k_requests, training_cost
 from specialize.evaluate.headline import headline
-from specialize.evaluate.metrics import MetricResult, compute_metrics, metric_ci
+from specialize.evaluate.metrics import MetricResult, compute_metrics
+from specialize.evaluate.quality import quality_record
 from specialize.evaluate.report import write_report
 from specialize.inference import generate, load_run
 from specialize.models.chat import render_reply
-from specialize.outputs import detect_task
+from specialize.outputs import LabelMatcher, detect_task
 from specialize.records.eval import (
+    BASELINE_ROLES,
+    Calibration,
     Comparison,
     ContenderResult,
     EvalReport,
-    Interval,
     Latency,
     LossCurves,
-    Quality,
     Sample,
+    Skipped,
     Throughput,
     Tokens,
     TrainingSummary,
@@ -102,9 +111,24 @@ def evaluate(
             )
         results.append(free)
         metrics[free.name] = free_metrics
+        if contender.role == "fine-tuned" and kind == "classification" and labels:
+            label_set = list(contract.labels) if contract.kind == "labels" and contract.labels else labels
+            free.confidence = _calibration(contender, free, references, label_set, cfg.eval, progress)
+
+    skipped: list[Skipped] = []
+    classic = build_classic(trained, kind, splits.train, splits.val, test)
+    if isinstance(classic, ClassicContender):
+        result, classic_metrics = measure_classic(
+            classic, references, labels, cfg.eval, _progress_of(classic.name, progress)
+        )
+        results.append(result)
+        metrics[result.name] = classic_metrics
+    elif classic is not None:
+        log.warning("%s skipped: %s", classic.name, classic.reason)
+        skipped.append(classic)
 
     tuned = next(r for r in results if r.role == "fine-tuned")
-    baselines = [r for r in results if r.role in ("zero-shot", "few-shot")]
+    baselines = [r for r in results if r.role in BASELINE_ROLES]
     best = max(baselines, key=lambda r: _nan_low(r.quality.primary_value))
     test_result = paired(metrics[tuned.name], metrics[best.name])
     comparison = Comparison(
@@ -131,6 +155,7 @@ def evaluate(
             curves=_loss_curves(run),
         ),
         contenders=results,
+        skipped=skipped,
         comparison=comparison,
         samples=[
             Sample(input=e.user_text, reference=ref, predictions={r.name: r.predictions[i] for r in results})
@@ -197,7 +222,7 @@ def _measure(
     result = ContenderResult(
         name=contender.name,
         role=contender.role,
-        quality=_quality(metrics, eval_cfg.bootstrap_resamples),
+        quality=quality_record(metrics, eval_cfg.bootstrap_resamples),
         tokens=Tokens(prompt_mean=prompt_tokens, completion_mean=completion_tokens),
         latency=Latency(
             batch1_p50_s=_percentile(latencies, 50),
@@ -221,22 +246,48 @@ def _measure(
     return result, metrics
 
 
-def _quality(metrics: MetricResult, resamples: int) -> Quality:
-    intervals = {}
-    for name in metrics.values:
-        try:
-            point, low, high = metric_ci(metrics, name, n_resamples=resamples)
-        except KeyError:
-            continue
-        intervals[name] = Interval(value=point, ci_low=low, ci_high=high)
-    return Quality(
-        primary=metrics.primary,
-        primary_value=metrics.values.get(metrics.primary),
-        values=metrics.values,
-        ci95=intervals,
-        details=_jsonable(metrics.details),
-        per_item=metrics.per_item,
+def _calibration(
+    contender: Contender,
+    result: ContenderResult,
+    references: list[str],
+    labels: list[str],
+    eval_cfg: Any,
+    progress: Callable[[EvalProgress], None] | None,
+) -> Calibration:
+    """The confidence of each reply: under the label contract when it was measured, else free."""
+    constrained = result.constrained is not None
+    scored = result.constrained.predictions if result.constrained is not None else result.predictions
+    labels = [label.strip() for label in labels]
+    matcher = LabelMatcher(labels)
+    replies = [matcher(p) for p in scored]
+    with contender.context():
+        probabilities = label_probabilities(
+            contender.loaded,
+            contender.conversations,
+            labels,
+            _progress_of(f"{contender.name}, label confidence", progress),
+        )
+    confidence = reply_confidence(probabilities, labels, replies)
+    correct = [r is not None and r == ref.strip() for r, ref in zip(replies, references, strict=True)]
+    result_calibration = calibration(
+        confidence,
+        correct,
+        target_precision=eval_cfg.target_precision,
+        replies="constrained" if constrained else "free",
     )
+    top = [labels[i] for i in probabilities.argmax(axis=1)]
+    answered = [(r, t) for r, t in zip(replies, top, strict=True) if r is not None]
+    if answered:
+        result_calibration.top_label_agreement = sum(r == t for r, t in answered) / len(answered)
+    return result_calibration
+
+
+def _progress_of(
+    label: str, progress: Callable[[EvalProgress], None] | None
+) -> Callable[[int, int], None] | None:
+    if progress is None:
+        return None
+    return lambda done, total: progress(EvalProgress(label, done, total))
 
 
 def _max_new_tokens(tokenizer: Any, train: list[Any]) -> int:
@@ -269,19 +320,6 @@ def _loss_curves(run: RunDir) -> LossCurves:
         if "eval_loss" in record:
             curves.val.append([record["step"], record["eval_loss"]])
     return curves
-
-
-def _jsonable(value: Any) -> Any:
-    """NaN and numpy scalars out of the metrics' diagnostics, so report.json is strict JSON."""
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
-        return None
-    if hasattr(value, "item") and callable(value.item):  # numpy scalars
-        return _jsonable(value.item())
-    return value
 
 
 def _percentile(values: list[float], q: float) -> float | None:

@@ -1,9 +1,10 @@
 """The rows of the evaluation tables, built once from the report for every rendering.
 
-The terminal (rich), report.md and report.html show the same two tables: every contender's
-quality, tokens, latency, cost and break-even; and, when the run has an output contract, what
-decoding under it changed. Each is a `Table` of already formatted cells, so the three renderings
-cannot disagree on a figure or its rounding.
+The terminal (rich), report.md and report.html show the same tables: every contender's
+quality, tokens, latency, cost and break-even; when the run has an output contract, what
+decoding under it changed; where the fine-tuned model fails (its worst labels or JSON fields);
+and how far its confidence can be trusted. Each is a `Table` of already formatted cells, so the
+three renderings cannot disagree on a figure or its rounding.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from specialize import format as fmt
-from specialize.records.eval import ContenderResult, EvalReport
+from specialize.records.eval import ContenderResult, EvalReport, LabelScores
+
+WORST = 8  # labels or fields listed as the fine-tuned model's worst
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,7 @@ def _summary_cells(c: ContenderResult) -> list[str]:
         fmt.number(_ms(c.latency.batch1_p50_s), 0),
         fmt.number(_ms(c.latency.batch1_p95_s), 0),
         fmt.number(c.throughput.requests_per_s, 2),
-        fmt.number(c.cost_per_1k, 4),
+        _cost(c.cost_per_1k),
         fmt.count(c.break_even_requests),
     ]
 
@@ -106,6 +109,98 @@ def constraint_table(report: EvalReport) -> Table:
     return table
 
 
+def worst_table(report: EvalReport, limit: int = WORST) -> Table:
+    """The fine-tuned model's lowest-F1 labels (classification) or fields (JSON), with support.
+
+    Ties go to the larger support (the failure that costs most requests). Labels that neither
+    occur in the test rows nor were predicted have no F1 and are left out. The best baseline's
+    F1 on the same label sits alongside, so a label that is hard for everyone reads as such.
+    """
+    try:
+        tuned = report.tuned()
+    except ValueError:
+        return Table("", ())
+    comparison = report.comparison
+    best = report.contender(comparison.best_baseline) if comparison is not None else None
+    scores, theirs, what = tuned.quality.per_label, best.quality.per_label if best else None, "label"
+    if scores is None:
+        scores, theirs, what = tuned.quality.per_field, best.quality.per_field if best else None, "field"
+    if not scores:
+        return Table("", ())
+    scored = sorted(
+        ((name, s) for name, s in scores.items() if s.f1 is not None),
+        key=lambda item: (item[1].f1, -item[1].support, item[0]),
+    )
+    title = f"Worst {what}s of the fine-tuned model (lowest F1 of {len(scored)})"
+    if what == "field":
+        exact = tuned.quality.values.get("exact_match")
+        title += f"; whole-object exact match {fmt.number(exact)}"
+        if best is not None:
+            title += f" ({best.name}: {fmt.number(best.quality.values.get('exact_match'))})"
+    columns = (what, "support", "predicted", "precision", "recall", "F1")
+    if best is not None:
+        columns += (f"F1 {best.name}",)
+    table = Table(title, columns)
+    for name, s in scored[:limit]:
+        row = [name, *_score_cells(s)]
+        if best is not None:
+            other = (theirs or {}).get(name)
+            row.append(fmt.number(other.f1 if other else None))
+        table.rows.append(row)
+        table.highlight.append(False)
+    return table
+
+
+def _score_cells(s: LabelScores) -> list[str]:
+    return [
+        fmt.count(s.support),
+        fmt.count(s.predicted),
+        fmt.number(s.precision),
+        fmt.number(s.recall),
+        fmt.number(s.f1),
+    ]
+
+
+def confidence_table(report: EvalReport) -> Table:
+    """Calibration of each contender that scored its label replies, and the recommended threshold."""
+    measured = [c for c in report.contenders if c.confidence is not None]
+    target = measured[0].confidence.target_precision if measured else None  # type: ignore[union-attr]
+    table = Table(
+        "Confidence in each reply (probability of the replied label among all labels)",
+        (
+            "contender",
+            "replies",
+            "ECE (15 bins)",
+            f"threshold for precision >= {fmt.number(target, 2)}",
+            "coverage",
+            "abstained",
+            "reply = top label",
+        ),
+    )
+    for c in measured:
+        cal = c.confidence
+        assert cal is not None
+        abstained = sum(1 for x in cal.confidence if x is None)
+        table.rows.append(
+            [
+                c.name,
+                cal.replies,
+                fmt.number(cal.ece),
+                fmt.number(cal.threshold) if cal.threshold is not None else "none reaches it",
+                fmt.share(cal.threshold_coverage),
+                fmt.count(abstained),
+                fmt.share(cal.top_label_agreement),
+            ]
+        )
+        table.highlight.append(c.role == "fine-tuned")
+    return table
+
+
+def skipped_lines(report: EvalReport) -> list[str]:
+    """One line per contender that could not be measured, saying why."""
+    return [f"{s.name} not measured: {s.reason}" for s in report.skipped]
+
+
 def paired_sentence(report: EvalReport) -> str:
     """The paired test of the fine-tuned model against the best baseline, as one sentence."""
     comp = report.comparison
@@ -116,6 +211,14 @@ def paired_sentence(report: EvalReport) -> str:
         f"difference {fmt.number(comp.mean_diff)} [{fmt.number(comp.ci_low)}, {fmt.number(comp.ci_high)}], "
         f"p = {fmt.number(comp.p_value, 4)}."
     )
+
+
+def _cost(value: float | None) -> str:
+    """Four decimals, or two significant figures below that: a classic model's cost per 1,000
+    requests can be a millionth of a dollar, and "0.0000" would read as free."""
+    if fmt.missing(value) or value == 0 or abs(value) >= 0.001:  # type: ignore[operator]
+        return fmt.number(value, 4)
+    return f"{value:.2g}"
 
 
 def _ms(seconds: float | None) -> float | None:

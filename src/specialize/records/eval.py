@@ -13,9 +13,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-Role = Literal["zero-shot", "few-shot", "fine-tuned", "extra"]
+Role = Literal["zero-shot", "few-shot", "fine-tuned", "classic", "extra"]
 TUNED: Role = "fine-tuned"
-BASELINE_ROLES: tuple[str, ...] = ("zero-shot", "few-shot")
+CLASSIC: Role = "classic"
+# The contenders the fine-tuned model has to beat: prompting the base model, and a classic
+# TF-IDF classifier, which on many label tasks is the bar a careful engineer checks first.
+BASELINE_ROLES: tuple[str, ...] = ("zero-shot", "few-shot", CLASSIC)
 
 
 class _Record(BaseModel):
@@ -66,6 +69,23 @@ class Comparison(PairedComparison):
     best_baseline: str | None = None
 
 
+class LabelScores(_Record):
+    """Precision, recall and F1 of one label; None where undefined (never predicted, no support)."""
+
+    support: int = 0
+    predicted: int = 0
+    precision: float | None = None
+    recall: float | None = None
+    f1: float | None = None
+
+    _finite = field_validator("precision", "recall", "f1", mode="before")(_nan_to_none)
+
+
+class FieldScores(LabelScores):
+    """The same for one field of a JSON reply (dotted path): a field counts as right when its
+    value equals the reference's."""
+
+
 class Quality(_Record):
     primary: str
     primary_value: float | None = None
@@ -75,6 +95,10 @@ class Quality(_Record):
     # per-field scores): written by `evaluate.metrics`, shown as they are.
     details: dict[str, Any] = Field(default_factory=dict)
     per_item: dict[str, list[float]] = Field(default_factory=dict)
+    # Where a contender fails, typed: per label (classification) or per field (JSON). None in
+    # reports written before these existed, and for task kinds that have no such breakdown.
+    per_label: dict[str, LabelScores] | None = None
+    per_field: dict[str, FieldScores] | None = None
 
     _finite = field_validator("primary_value", mode="before")(_nan_to_none)
 
@@ -127,6 +151,50 @@ class ConstraintEffect(_Record):
         return self.primary_change.significantly_below_zero(alpha)
 
 
+class ReliabilityBin(_Record):
+    """One equal-width confidence bin: its rows' mean confidence against their accuracy."""
+
+    lower: float
+    upper: float
+    count: int = 0
+    confidence: float | None = None
+    accuracy: float | None = None
+
+
+class CoveragePoint(_Record):
+    """Answering only the rows with confidence >= threshold: the share kept and their precision."""
+
+    threshold: float
+    coverage: float
+    precision: float
+
+
+class Calibration(_Record):
+    """How far a contender's confidence in its label replies can be trusted (one per test row).
+
+    `confidence[i]` is the probability the model gives to the label it replied on row i, among
+    all allowed labels; None when the reply names no label (it abstains). `replies` says which
+    replies were scored: the ones decoded under the label contract when measured, else the free ones.
+    """
+
+    replies: Literal["constrained", "free"] = "free"
+    confidence: list[float | None] = Field(default_factory=list)
+    correct: list[bool] = Field(default_factory=list)
+    ece: float | None = None
+    bins: list[ReliabilityBin] = Field(default_factory=list)
+    coverage_curve: list[CoveragePoint] = Field(default_factory=list)
+    target_precision: float = 0.9
+    # The smallest confidence threshold whose kept rows reach the target precision (None: none does).
+    threshold: float | None = None
+    threshold_coverage: float | None = None
+    # Share of answered rows whose reply is also the label the scorer ranks first. Greedy decoding
+    # picks token by token, the scorer ranks whole replies; when they often disagree, the
+    # confidence describes a different decision than the one served.
+    top_label_agreement: float | None = None
+
+    _finite = field_validator("ece", "threshold", "threshold_coverage", mode="before")(_nan_to_none)
+
+
 class ContenderResult(_Record):
     name: str
     role: str
@@ -139,6 +207,14 @@ class ContenderResult(_Record):
     incomplete: int = 0
     constrained: ConstraintEffect | None = None
     break_even_requests: float | None = None
+    confidence: Calibration | None = None
+
+
+class Skipped(_Record):
+    """A contender the evaluation could not measure, and why (shown, so its absence is explained)."""
+
+    name: str
+    reason: str
 
 
 class LossCurves(_Record):
@@ -179,6 +255,7 @@ class EvalReport(_Record):
     price: dict[str, Any] = Field(default_factory=dict)
     training: TrainingSummary = Field(default_factory=TrainingSummary)
     contenders: list[ContenderResult] = Field(default_factory=list)
+    skipped: list[Skipped] = Field(default_factory=list)
     comparison: Comparison | None = None
     samples: list[Sample] = Field(default_factory=list)
     contract_verdict: ContractVerdict = Field(default_factory=ContractVerdict)
