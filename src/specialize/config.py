@@ -55,15 +55,43 @@ class ModelConfig(_Section):
 
 
 class MethodConfig(_Section):
-    kind: Literal["lora", "full"] = Field("lora", description="LoRA adapter (default) or full fine-tuning.")
+    kind: Literal["lora", "qlora", "full"] = Field(
+        "lora",
+        description="LoRA adapter (default); qlora: LoRA over the base frozen in 4-bit NF4 (bitsandbytes, "
+        "the `qlora` extra), for bases too big to train in their own precision; or full fine-tuning.",
+    )
+    variant: Literal["lora", "dora", "rslora"] = Field(
+        "lora",
+        description="Adapter flavour (PEFT's LoraConfig): lora = plain; dora = weight-decomposed LoRA "
+        "(a trained magnitude per output, closer to full fine-tuning at low rank, slower steps); "
+        "rslora = rank-stabilised scaling alpha/sqrt(r), so higher ranks keep learning.",
+    )
     lora_r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
-    lora_alpha: float = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    lora_alpha: float = Field(
+        32, gt=0, description="LoRA scaling numerator (scale = alpha / r; alpha / sqrt(r) for rslora)."
+    )
     lora_dropout: float = Field(
         0.0, ge=0, lt=1, description="0 skips the dropout copy of every input: faster, less memory."
     )
     target_modules: str | list[str] = Field(
         "all-linear", description="Modules to adapt; 'all-linear' = every linear layer but the LM head."
     )
+
+    @model_validator(mode="after")
+    def _variant_needs_an_adapter(self) -> MethodConfig:
+        # Checked here rather than ignored: a DoRA run that silently trains every weight instead
+        # would cost the user a full fine-tune they did not ask for.
+        if self.kind == "full" and self.variant != "lora":
+            raise ValueError(
+                f"variant '{self.variant}' is a kind of LoRA adapter; kind 'full' trains no adapter "
+                "(use kind: lora or qlora, or drop the variant)"
+            )
+        return self
+
+    @property
+    def adapter(self) -> bool:
+        """Whether the run trains a PEFT adapter (lora, qlora) rather than the whole model."""
+        return self.kind != "full"
 
 
 class TrainConfig(_Section):
@@ -134,6 +162,12 @@ class EvalConfig(_Section):
         True, description="Also measure every contender decoding under the run's output contract."
     )
     bootstrap_resamples: int = Field(1000, ge=100)
+    classic_baseline: bool = Field(
+        True, description="Also measure TF-IDF + logistic regression (classification tasks)."
+    )
+    target_precision: float = Field(
+        0.9, gt=0, le=1, description="Precision the recommended confidence threshold must reach."
+    )
     extra_contenders: list[dict[str, Any]] = Field(default_factory=list)
     price: PriceConfig = Field(default_factory=PriceConfig)
 
@@ -202,7 +236,7 @@ class RunConfig(_Section):
     def learning_rate(self) -> float:
         if self.train.learning_rate is not None:
             return self.train.learning_rate
-        return 2e-4 if self.method.kind == "lora" else 2e-5
+        return 2e-4 if self.method.adapter else 2e-5
 
 
 def parse_config(data: dict[str, Any], *, source: str = "config") -> RunConfig:

@@ -216,3 +216,166 @@ def test_no_constrained_row_skips_the_mask(engine, alpha, prompts, monkeypatch):
     monkeypatch.setattr(engine_module, "mask_logits", fail)
     after = batch(engine, [(p, greedy(6, ignore_eos=True), alpha) for p in prompts])
     assert [c.token_ids for c in after] == before
+
+
+# LoRA variants in the stacked slots ------------------------------------------------------------
+
+
+def make_variant_run(root, model_dir, *, seed: int, use_rslora: bool, use_dora: bool):
+    """Like conftest's make_adapter_run, for rsLoRA and DoRA: random A and B, and DoRA magnitudes
+    moved away from the weight norms, so the scaling and the rescaling both change the outputs."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from specialize.models.registry import resolve_model, weights_fingerprint
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    lora = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules="all-linear",
+        init_lora_weights=False,
+        use_rslora=use_rslora,
+        use_dora=use_dora,
+    )
+    peft_model = get_peft_model(model, lora)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_magnitude_vector" in name:
+                param.mul_(torch.empty_like(param).uniform_(0.5, 1.5))
+            elif "lora_" in name:
+                param.normal_(0.0, 0.3)
+    peft_model.save_pretrained(root / "adapter")
+    ref = resolve_model(str(model_dir))
+    meta = {"base_model": ref.to_dict(), "base_fingerprint": weights_fingerprint(ref)}
+    (root / "run.json").write_text(json.dumps(meta))
+    return root
+
+
+def peft_greedy(model_dir, adapter_dir, prompt_ids, max_tokens=12):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    if adapter_dir is not None:
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for ids in prompt_ids:
+            gen = model.generate(
+                input_ids=torch.tensor([ids]),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                max_new_tokens=max_tokens,
+                do_sample=False,
+                eos_token_id=None,
+                pad_token_id=EOS,
+            )
+            out.append(gen[0, len(ids) :].tolist())
+    return out
+
+
+def without_variant(adapter_dir, tmp_path):
+    """A copy of the adapter read as plain LoRA: the flags off, DoRA's magnitudes dropped."""
+    from safetensors.torch import load_file, save_file
+
+    copy = tmp_path / "as-plain"
+    copy.mkdir()
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    config.update(use_rslora=False, use_dora=False)
+    (copy / "adapter_config.json").write_text(json.dumps(config))
+    tensors = load_file(adapter_dir / "adapter_model.safetensors")
+    save_file({k: v for k, v in tensors.items() if "magnitude" not in k}, copy / "adapter_model.safetensors")
+    return copy
+
+
+@pytest.mark.parametrize("flavour", ["rslora", "dora", "dora+rslora"])
+def test_lora_variants_give_pefts_greedy_tokens_alone_and_mixed(tiny_model_dir, tmp_path, flavour):
+    """rsLoRA's alpha/sqrt(r) scaling and DoRA's magnitudes, served from the stacked slots, give
+    PEFT's own greedy tokens, alone and in a batch mixing them with a plain adapter and the base."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from specialize.serve.adapters import ResidentAdapters
+
+    reg = AdapterRegistry(tmp_path / "reg")
+    run = make_variant_run(
+        tmp_path / "v", tiny_model_dir, seed=11, use_rslora="rslora" in flavour, use_dora="dora" in flavour
+    )
+    records = {
+        "variant": reg.add("variant", run),
+        "plain": reg.add("plain", make_adapter_run(tmp_path / "p", tiny_model_dir, seed=12)),
+        None: None,
+    }
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompt_ids = [tokenizer(p)["input_ids"] for p in PROMPTS]
+    reference = {
+        name: peft_greedy(tiny_model_dir, record.path if record else None, prompt_ids)
+        for name, record in records.items()
+    }
+    # The test can tell: read as plain LoRA, the same weights give other tokens.
+    assert (
+        peft_greedy(tiny_model_dir, without_variant(records["variant"].path, tmp_path), prompt_ids)
+        != (reference["variant"])
+    )
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    served = Engine(model, tokenizer, adapters=ResidentAdapters(model, capacity=2), max_batch=16)
+    served.start()
+    try:
+        params = greedy(12, ignore_eos=True)
+        solo = {
+            name: [served.generate(ids, params, record).token_ids for ids in prompt_ids]
+            for name, record in records.items()
+        }
+        jobs = [(ids, params, record) for ids in prompt_ids for record in records.values()]
+        done = iter(c.token_ids for c in batch(served, jobs))
+        mixed: dict = {name: [] for name in records}
+        for _ in prompt_ids:
+            for name in records:
+                mixed[name].append(next(done))
+    finally:
+        served.stop()
+    assert solo == reference
+    assert mixed == reference
+
+
+def test_dora_slots_equal_pefts_forward_on_a_layer_with_bias(tmp_path):
+    """The bias is outside DoRA's rescaling (PEFT subtracts it before scaling): checked on a biased
+    layer, uniform and mixed with base rows, which must stay the bare base output."""
+    import copy
+    from collections import OrderedDict
+
+    from peft import LoraConfig, get_peft_model
+    from torch import nn
+
+    from specialize.serve.adapters import BatchedLoraLinear, LoraRouting, read_adapter
+
+    torch.manual_seed(0)
+    base = nn.Sequential(OrderedDict(lin=nn.Linear(16, 8, bias=True)))
+    peft_model = get_peft_model(
+        copy.deepcopy(base),
+        LoraConfig(r=2, lora_alpha=4, target_modules=["lin"], use_dora=True, init_lora_weights=False),
+    )
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_magnitude_vector" in name:
+                param.mul_(torch.empty_like(param).uniform_(0.5, 1.5))
+            elif "lora_" in name:
+                param.normal_(0.0, 0.5)
+    peft_model.save_pretrained(tmp_path)
+    weights = read_adapter(tmp_path, base, "k")
+    routing = LoraRouting()
+    layer = BatchedLoraLinear(base.lin, routing, slots=2, rank=2)
+    layer.set_slot(1, *weights.modules["lin"], weights.dora_scales["lin"])
+    x = torch.randn(3, 5, 16)
+    with torch.no_grad():
+        expected, bare = peft_model.eval()(x), base.lin(x)
+        routing.set([1, 1, 1])
+        torch.testing.assert_close(layer(x), expected)
+        routing.set([0, 1, 0])
+        mixed = layer(x)
+    torch.testing.assert_close(mixed[1], expected[1])
+    assert torch.equal(mixed[0], bare[0]) and torch.equal(mixed[2], bare[2])
+    layer.set_slot(1, None, None)  # a plain adapter or an empty slot takes DoRA's place
+    assert 1 not in layer.dora_slots and bool((layer.dora_scale[1] == 1).all())

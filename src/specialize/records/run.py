@@ -41,7 +41,9 @@ class RunRecord(BaseModel):
 
     base_model: BaseModelRecord | None = None  # every run training wrote has it; hand-made ones may not
     base_fingerprint: str | None = None
-    method: str = "lora"
+    method: str = "lora"  # lora | qlora | full
+    # The adapter flavour (config.MethodConfig.variant); runs from before variants were plain LoRA.
+    variant: str = "lora"
     task: TaskKind | None = None
     labels: list[str] | None = None
     output_contract: dict[str, Any] | None = Field(

@@ -12,7 +12,18 @@ scaling), and computes each row's update with two batched matmuls over its gathe
 That is the same formula as PEFT's LoRA forward (`lora_B(lora_A(x)) * scaling`), for any mix of
 adapters, in a fixed number of ops. Slot 0 is all zeros: the base model. Adapters of a smaller
 rank are zero-padded, which adds exact zeros. The adapter files are the PEFT files from the
-registry (safetensors only), so the same directories serve unchanged on vLLM.
+registry (safetensors only), so the same directories serve unchanged on vLLM. The scaling is
+the one PEFT uses: alpha/r, or alpha/sqrt(r) for rsLoRA (`use_rslora` in adapter_config.json).
+
+DoRA adapters (`use_dora`) add a trained magnitude per output feature. PEFT's DoRA forward
+(peft/tuners/lora/dora.py) is, with W the frozen weight, m the magnitude, and s the scaling,
+
+    g = m / ||W + s B A||_row        (the norm is treated as a constant, so it is computed once)
+    y = x W^T + b + (g - 1) (x W^T) + g s (x A^T B^T)
+
+It is re-implemented here rather than called because PEFT's version serves one adapter per
+layer call; with g stacked per slot (1 for plain LoRA slots, which turns the formula back into
+plain LoRA) a batch mixing DoRA and LoRA rows still costs the same batched matmuls.
 
 `ResidentAdapters` is the LRU over slots: an adapter is read from the registry on first use,
 pinned while a request uses it, and the least recently used unpinned one is evicted when slots
@@ -27,7 +38,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +84,11 @@ class LoraRouting:
         else:
             self.uniform, self.rows = None, torch.tensor(slots, dtype=torch.long)
 
+    @property
+    def slots(self) -> list[int]:
+        """Each row's slot in the current batch."""
+        return self._last
+
     def invalidate(self) -> None:
         """A slot's weights changed: gathered copies are stale."""
         self._last = []
@@ -90,7 +106,11 @@ class BatchedLoraLinear(nn.Module):
         # Plain attributes, not buffers: they are serving state, not part of the model's state_dict.
         self.lora_a = torch.zeros(slots, base.in_features, rank, dtype=weight.dtype, device=weight.device)
         self.lora_b = torch.zeros(slots, rank, base.out_features, dtype=weight.dtype, device=weight.device)
-        self._gathered: tuple[int, torch.Tensor, torch.Tensor] | None = None
+        # DoRA's per-slot output scale g [slots, out] (1 in plain slots); allocated on the first
+        # DoRA adapter, so a server without one pays nothing for it.
+        self.dora_scale: torch.Tensor | None = None
+        self.dora_slots: set[int] = set()
+        self._gathered: tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
 
     def resize(self, slots: int, rank: int) -> None:
         old_slots, _, old_rank = self.lora_a.shape
@@ -102,15 +122,33 @@ class BatchedLoraLinear(nn.Module):
         a[:keep_s, :, :keep_r] = self.lora_a[:keep_s, :, :keep_r]
         b[:keep_s, :keep_r, :] = self.lora_b[:keep_s, :keep_r, :]
         self.lora_a, self.lora_b = a, b
+        if self.dora_scale is not None:
+            g = self.dora_scale.new_ones(slots, self.base.out_features)
+            g[:keep_s] = self.dora_scale[:keep_s]
+            self.dora_scale = g
         self._gathered = None
 
-    def set_slot(self, slot: int, a_t: torch.Tensor | None, b_t: torch.Tensor | None) -> None:
+    def set_slot(
+        self,
+        slot: int,
+        a_t: torch.Tensor | None,
+        b_t: torch.Tensor | None,
+        dora_scale: torch.Tensor | None = None,
+    ) -> None:
         self.lora_a[slot].zero_()
         self.lora_b[slot].zero_()
         if a_t is not None and b_t is not None:
             r = a_t.shape[1]
             self.lora_a[slot, :, :r] = a_t
             self.lora_b[slot, :r, :] = b_t
+        if dora_scale is not None:
+            if self.dora_scale is None:
+                self.dora_scale = self.lora_b.new_ones(self.lora_b.shape[0], self.base.out_features)
+            self.dora_scale[slot] = dora_scale
+            self.dora_slots.add(slot)
+        elif slot in self.dora_slots:
+            self.dora_scale[slot] = 1  # type: ignore[index]
+            self.dora_slots.discard(slot)
         self._gathered = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -122,6 +160,10 @@ class BatchedLoraLinear(nn.Module):
                 return y
             s = routing.uniform
             flat = y.view(-1, y.shape[-1])
+            if s in self.dora_slots:
+                lora = (x.reshape(-1, x.shape[-1]) @ self.lora_a[s]) @ self.lora_b[s]
+                self._add_dora(flat, lora, self.dora_scale[s])  # type: ignore[index]
+                return y
             flat.addmm_(x.reshape(-1, x.shape[-1]) @ self.lora_a[s], self.lora_b[s])
             return y
         # Each row's A and B, gathered once per batch composition (decode steps reuse them):
@@ -129,12 +171,25 @@ class BatchedLoraLinear(nn.Module):
         gathered = self._gathered
         if gathered is None or gathered[0] != routing.version:
             rows = routing.rows
-            gathered = (routing.version, self.lora_a[rows], self.lora_b[rows])
+            g = None
+            if self.dora_slots and not self.dora_slots.isdisjoint(routing.slots):
+                g = self.dora_scale[rows].unsqueeze(1)  # type: ignore[index]
+            gathered = (routing.version, self.lora_a[rows], self.lora_b[rows], g)
             self._gathered = gathered
-        _, a, b = gathered
+        _, a, b, g = gathered
         rows3 = y.view(y.shape[0], -1, y.shape[-1])
+        if g is not None:
+            self._add_dora(rows3, torch.bmm(torch.bmm(x.reshape(x.shape[0], -1, x.shape[-1]), a), b), g)
+            return y
         rows3.baddbmm_(torch.bmm(x.reshape(x.shape[0], -1, x.shape[-1]), a), b)
         return y
+
+    def _add_dora(self, y: torch.Tensor, lora: torch.Tensor, g: torch.Tensor) -> None:
+        """y += (g - 1) (y - bias) + g lora: PEFT's DoRA update on top of the base output (see the
+        module docstring); `lora` already carries the scaling. g = 1 adds plain LoRA."""
+        bias = self.base.bias
+        base = y if bias is None else y - bias
+        y.add_(base * (g - 1) + lora * g)
 
 
 @dataclass
@@ -145,6 +200,8 @@ class AdapterWeights:
     rank: int
     modules: dict[str, tuple[torch.Tensor, torch.Tensor]]  # module path -> (A^T [in, r], B^T*scale [r, out])
     nbytes: int
+    # DoRA adapters: module path -> g = magnitude / ||W + scale B A||_row [out]; empty for plain LoRA.
+    dora_scales: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def read_adapter(path: Path, model: nn.Module, key: str, *, max_rank: int = 64) -> AdapterWeights:
@@ -160,13 +217,17 @@ def read_adapter(path: Path, model: nn.Module, key: str, *, max_rank: int = 64) 
         raise AdapterLoadError(f"{config_file}: unreadable adapter config: {exc}") from None
     _check_supported(config, config_file)
     tensors = load_file(str(weights_file), device="cpu")
+    dora = bool(config.get("use_dora"))
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     for name, tensor in tensors.items():
         module, sep, part = name.removeprefix(_PREFIX).rpartition(".lora_")
+        if dora and sep and part in ("magnitude_vector", "magnitude_vector.weight"):
+            pairs.setdefault(module, {})["m"] = tensor
+            continue
         if not sep or part not in ("A.weight", "B.weight"):
             raise AdapterLoadError(
-                f"{weights_file}: tensor '{name}' is not a LoRA A/B weight; adapters with "
-                "modules_to_save, embedding LoRA, DoRA or bias terms are not served"
+                f"{weights_file}: tensor '{name}' is not a LoRA A/B weight (or a DoRA magnitude); "
+                "adapters with modules_to_save, embedding LoRA or bias terms are not served"
             )
         pairs.setdefault(module, {})[part[0]] = tensor
     from peft.utils.other import get_pattern_key
@@ -174,11 +235,13 @@ def read_adapter(path: Path, model: nn.Module, key: str, *, max_rank: int = 64) 
     alpha_pattern = config.get("alpha_pattern") or {}
     dtype = next(model.parameters()).dtype
     modules: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    dora_scales: dict[str, torch.Tensor] = {}
     rank = 0
     for module_path, pair in sorted(pairs.items()):
-        if set(pair) != {"A", "B"}:
+        if set(pair) != ({"A", "B", "m"} if dora else {"A", "B"}):
             raise AdapterLoadError(
                 f"{weights_file}: module '{module_path}' lacks its lora_A or lora_B weight"
+                + (" or its DoRA lora_magnitude_vector" if dora else "")
             )
         target = _linear_at(model, module_path, weights_file)
         a, b = pair["A"], pair["B"]
@@ -201,17 +264,44 @@ def read_adapter(path: Path, model: nn.Module, key: str, *, max_rank: int = 64) 
             a.t().to(dtype).contiguous(),
             (b.t().to(torch.float32) * scale).to(dtype).contiguous(),
         )
+        if dora:
+            dora_scales[module_path] = _dora_scale(target, a, b, scale, pair["m"], weights_file, module_path)
         rank = max(rank, r)
     if not modules:
         raise AdapterLoadError(f"{weights_file}: holds no LoRA weights")
     nbytes = sum(a.numel() * a.element_size() + b.numel() * b.element_size() for a, b in modules.values())
-    return AdapterWeights(key=key, rank=rank, modules=modules, nbytes=nbytes)
+    nbytes += sum(g.numel() * g.element_size() for g in dora_scales.values())
+    return AdapterWeights(key=key, rank=rank, modules=modules, nbytes=nbytes, dora_scales=dora_scales)
+
+
+def _dora_scale(
+    target: nn.Linear,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    scale: float,
+    magnitude: torch.Tensor,
+    file: Path,
+    module_path: str,
+) -> torch.Tensor:
+    """DoRA's g = m / ||W + scale B A|| per output row (PEFT's get_weight_norm, dim=1), in fp32.
+
+    PEFT detaches the norm from the graph and recomputes it every call; the base is frozen here,
+    so it is computed once when the adapter is loaded."""
+    if magnitude.shape != (target.out_features,):
+        raise AdapterLoadError(
+            f"{file}: '{module_path}' has a DoRA magnitude of shape {tuple(magnitude.shape)}, but the base "
+            f"layer has {target.out_features} outputs; the adapter was trained on another model"
+        )
+    with torch.no_grad():
+        weight = target.weight.to(torch.float32) + scale * (b.to(torch.float32) @ a.to(torch.float32))
+        norm = torch.linalg.norm(weight, dim=1)
+        return (magnitude.to(torch.float32) / norm).to(target.weight.dtype).contiguous()
 
 
 def _check_supported(config: dict[str, Any], file: Path) -> None:
     if str(config.get("peft_type", "")).upper() != "LORA":
         raise AdapterLoadError(f"{file}: peft_type {config.get('peft_type')!r} is not LoRA")
-    for flag in ("use_dora", "fan_in_fan_out", "lora_bias"):
+    for flag in ("fan_in_fan_out", "lora_bias"):
         if config.get(flag):
             raise AdapterLoadError(f"{file}: '{flag}' adapters are not supported by the server")
     if config.get("modules_to_save"):
@@ -340,7 +430,7 @@ class ResidentAdapters:
         with torch.no_grad():
             for path, layer in self.layers.items():
                 a_t, b_t = weights.modules.get(path, (None, None))
-                layer.set_slot(slot, a_t, b_t)
+                layer.set_slot(slot, a_t, b_t, weights.dora_scales.get(path))
         self.routing.invalidate()
         seconds = time.perf_counter() - began
         self.loads += 1

@@ -67,11 +67,16 @@ def train(
 
     bf16 = _use_bf16(config)
     dtype = config.model.dtype
-    if bf16 and config.method.kind == "lora" and dtype == "auto":
+    if bf16 and config.method.adapter and dtype == "auto":
         # The frozen base is only read: bf16 weights halve its memory and spare autocast a cast of
         # every weight at every step. PEFT keeps the LoRA weights (the trained ones) in fp32.
         dtype = "bf16"
-    loaded = load_model(config.model.base, dtype=dtype)
+    if config.method.kind == "qlora":
+        from specialize.train.quantize import load_quantized
+
+        loaded = load_quantized(config.model.base, dtype=dtype, bf16=bf16)
+    else:
+        loaded = load_model(config.model.base, dtype=dtype)
     tokenizer = loaded.tokenizer
     splits, report = (read_splits(run), None) if resume else prepare_splits(config, tokenizer)
     completions = [e.completion or "" for e in splits.train]
@@ -167,6 +172,7 @@ def train(
             base_model=BaseModelRecord(**loaded.ref.to_dict()),
             base_fingerprint=weights_fingerprint(loaded.ref),
             method=config.method.kind,
+            variant=config.method.variant,
             task=task,
             labels=sorted(set(completions)) if task == "classification" else None,
             output_contract=contract.to_dict(),
@@ -261,15 +267,26 @@ def _checkpoint_step(checkpoint: Path | None) -> int:
 
 
 def _prepare_model(model: Any, config: RunConfig) -> Any:
-    if config.method.kind == "full":
+    """The model the Trainer trains: the base itself (full), or the base wrapped in PEFT's LoRA
+    layers of the configured variant (DoRA's magnitude vectors, rsLoRA's alpha/sqrt(r) scaling)."""
+    method = config.method
+    if not method.adapter:
         return model
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
+    if method.kind == "qlora":
+        # PEFT's recipe for a k-bit base: the remaining non-quantised weights (norms, embeddings)
+        # in fp32 for stable training. That costs memory where the vocabulary is large next to the
+        # model (SmolLM2-135M: the fp32 embedding is 108 of its 159 MiB of frozen weights). No gradient
+        # checkpointing: no other method uses it here.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     lora = LoraConfig(
-        r=config.method.lora_r,
-        lora_alpha=config.method.lora_alpha,
-        lora_dropout=config.method.lora_dropout,
-        target_modules=config.method.target_modules,
+        r=method.lora_r,
+        lora_alpha=method.lora_alpha,
+        lora_dropout=method.lora_dropout,
+        target_modules=method.target_modules,
+        use_dora=method.variant == "dora",
+        use_rslora=method.variant == "rslora",
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora)
@@ -278,7 +295,7 @@ def _prepare_model(model: Any, config: RunConfig) -> Any:
 def _save_weights(model: Any, tokenizer: Any, run: RunDir, config: RunConfig) -> None:
     """Write the adapter (or full model) to a temp dir and rename it into place: a run killed
     while saving never leaves a half-written adapter behind."""
-    target = run.adapter if config.method.kind == "lora" else run.full_model
+    target = run.adapter if config.method.adapter else run.full_model
     tmp = make_temp_dir(target)
     try:
         model.save_pretrained(tmp)
