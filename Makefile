@@ -9,6 +9,9 @@ export SPECIALIZE_CACHE_DIR ?= $(HOME)/.cache/specialize
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
+# vLLM's CPU build in its own virtualenv (.venv-vllm): make vllm, test-vllm, bench-vllm, clean-vllm.
+include mk/vllm.mk
+
 .PHONY: setup demo test test-fast bench lint clean
 
 setup: $(STAMP)
@@ -43,5 +46,5 @@ lint: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
-clean:
+clean: clean-vllm
 	rm -rf $(VENV) $(RUNS) .pytest_cache build src/*.egg-info

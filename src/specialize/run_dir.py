@@ -81,12 +81,6 @@ class RunDir:
             )
         return load_config(self.config_file)
 
-    def meta(self) -> dict:
-        """run.json as a plain dict. Transitional: callers move to `record()`."""
-        import json
-
-        return json.loads(self.meta_file.read_text(encoding="utf-8"))
-
     @property
     def eval_report_file(self) -> Path:
         return self.eval_dir / "report.json"

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import typer
 
-from specialize.cli import adapters, check, evaluate, generate, monitor, serve, train
-from specialize.commands import export
+from specialize.cli import adapters, check, evaluate, export, generate, monitor, serve, train
 
 app = typer.Typer(
     help="Turn a general pre-trained LLM into a specialist for one task, and prove it paid off.",

@@ -36,6 +36,13 @@ def load_trained(run: RunDir, config: RunConfig) -> LoadedModel:
     return loaded
 
 
+def load_base(config: RunConfig) -> LoadedModel:
+    """The run's base model alone, in float32, eval mode: what `--format base` writes."""
+    loaded = load_model(config.model.base, dtype="f32")
+    loaded.model.eval()
+    return loaded
+
+
 def merge(loaded: LoadedModel) -> Any:
     """Fold the adapter into the base weights (in place); a full fine-tune is returned as is."""
     from peft import PeftModel

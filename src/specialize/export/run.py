@@ -3,6 +3,8 @@
 merged  plain transformers weights (adapter folded in), checked by greedy agreement on test prompts
 gguf    one llama.cpp file, checked by reading every tensor back
 peft    a clean adapter directory for vLLM / LoRAX, checked by parsing it as peft does
+base    the run's base model as a plain HF directory (what `vllm serve BASE --enable-lora` needs
+        when the base is a bundled GGUF or the machine is offline), checked like merged
 
 Everything is written into a temp directory next to `out` and renamed into place at the end, so a
 failure at any step (a bad run, an unsupported model, a failed check) leaves no partial output.
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from specialize.errors import ConfigError
-from specialize.export.card import model_card
+from specialize.export.card import base_card, base_of, model_card
 from specialize.export.gguf import (
     QUANTS,
     GGUFSource,
@@ -35,17 +37,19 @@ from specialize.export.merge import (
     DTYPES,
     Reference,
     check_agreement,
+    load_base,
     load_trained,
     merge,
     sample_prompts,
     save_merged,
 )
 from specialize.export.peft_dir import base_model_name, write_peft_dir
+from specialize.records.run import RunRecord
 from specialize.run_dir import RunDir, open_run
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("merged", "gguf", "peft")
+FORMATS = ("merged", "gguf", "peft", "base")
 CHECK_TOKENS = 32  # greedy tokens compared per test prompt in the merged check
 
 
@@ -70,15 +74,17 @@ def export_run(
 ) -> ExportResult:
     """Export a trained run as `fmt` into the new directory `out`.
 
-    dtype (merged only): f32 (default), f16 or bf16. quant (gguf only): f16 (default), q8_0 or f32.
+    dtype (merged and base): f32 (default), f16 or bf16. quant (gguf only): f16 (default), q8_0
+    or f32. `base` writes the run's base model, not the specialist: serve it together with the
+    `peft` export of this run (and of any other run on the same base).
     """
     out = Path(out)
     dtype, quant = _check_options(fmt, dtype, quant, out)
     run_dir = open_run(run)
     config = run_dir.config()
-    meta = run_dir.meta()
+    record = run_dir.record()
     run_dir.weights_dir()  # a clear RunError before any work when adapter/ and model/ are missing
-    base_name = base_model_name(meta.get("base_model") or {"kind": "hf-dir", "path": config.model.base})
+    base_name = base_model_name(base_of(record) or {"kind": "hf-dir", "path": config.model.base})
     name = _slug(config.name or run_dir.path.name)
 
     with _staging(out) as tmp:
@@ -87,14 +93,26 @@ def export_run(
             usage = _usage_merged(out)
         elif fmt == "gguf":
             filename = f"{name}-{quant}.gguf"
-            checks = _export_gguf(run_dir, config, meta, tmp / filename, quant, name)
+            checks = _export_gguf(run_dir, config, record, tmp / filename, quant, name)
             usage = _usage_gguf(out / filename)
-        else:
+        elif fmt == "peft":
             checks = write_peft_dir(run_dir, tmp, base_name)
             usage = _usage_peft(out, base_name, name, checks.get("rank"))
-        card = model_card(
-            run=run_dir, config=config, meta=meta, fmt=fmt, base_name=base_name, usage=usage, checks=checks
-        )
+        else:
+            checks = _export_base(run_dir, config, tmp, dtype, check_samples)
+            usage = _usage_base(out, name)
+        if fmt == "base":
+            card = base_card(record=record, base_name=base_name, usage=usage, checks=checks)
+        else:
+            card = model_card(
+                run=run_dir,
+                config=config,
+                record=record,
+                fmt=fmt,
+                base_name=base_name,
+                usage=usage,
+                checks=checks,
+            )
         (tmp / "README.md").write_text(card, encoding="utf-8")
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
         size = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
@@ -104,8 +122,8 @@ def export_run(
 def _check_options(fmt: str, dtype: str | None, quant: str | None, out: Path) -> tuple[str, str]:
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
-    if dtype is not None and fmt != "merged":
-        raise ConfigError("--dtype applies to --format merged only (GGUF uses --quant)")
+    if dtype is not None and fmt not in ("merged", "base"):
+        raise ConfigError("--dtype applies to --format merged and base only (GGUF uses --quant)")
     if quant is not None and fmt != "gguf":
         raise ConfigError("--quant applies to --format gguf only")
     dtype, quant = dtype or "f32", quant or "f16"
@@ -158,8 +176,20 @@ def _export_merged(run: RunDir, config: Any, tmp: Path, dtype: str, samples: int
     return {"dtype": dtype, **check_agreement(reference, tmp, dtype)}
 
 
+def _export_base(run: RunDir, config: Any, tmp: Path, dtype: str, samples: int) -> dict[str, Any]:
+    """The base exactly as training and `specialize generate` load it (for a bundled GGUF, the
+    dequantized conversion), re-saved with `save_pretrained` so its tensor names are the ones
+    vLLM reads, and checked like a merged export against the base in memory."""
+    loaded = load_base(config)
+    tokens = min(config.eval.max_new_tokens or CHECK_TOKENS, CHECK_TOKENS)
+    reference = Reference(loaded, sample_prompts(run, config, samples), tokens)
+    save_merged(loaded, tmp, dtype)
+    del loaded
+    return {"dtype": dtype, **check_agreement(reference, tmp, dtype)}
+
+
 def _export_gguf(
-    run: RunDir, config: Any, meta: dict[str, Any], path: Path, quant: str, name: str
+    run: RunDir, config: Any, record: RunRecord, path: Path, quant: str, name: str
 ) -> dict[str, Any]:
     loaded = load_trained(run, config)
     model = merge(loaded)
@@ -170,7 +200,7 @@ def _export_gguf(
         config=model.config,
         tokenizer=loaded.tokenizer,
         name=name,
-        tokenizer_pre=source_tokenizer_pre(meta.get("base_model") or {}),
+        tokenizer_pre=source_tokenizer_pre(base_of(record)),
     )
     write_gguf(source, path, quant)
     return {"quant": quant, **verify_gguf(path, source, quant)}
@@ -217,6 +247,20 @@ print(out["choices"][0]["message"]["content"])
 ```"""
 
 
+def _usage_base(out: Path, name: str) -> str:
+    return f"""The base model only (no adapter): serve it with vLLM and attach this run's `peft` export,
+and any other adapter trained on the same base:
+
+```sh
+specialize export RUN --format peft --out {name}-peft
+vllm serve {out} --enable-lora --lora-modules {name}={name}-peft
+curl localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \\
+  -d '{{"model": "{name}", "messages": [{{"role": "user", "content": "..."}}], "temperature": 0}}'
+```
+
+It also loads with plain `transformers` (`AutoModelForCausalLM.from_pretrained("{out}")`)."""
+
+
 def _usage_peft(out: Path, base: str, name: str, rank: int | None) -> str:
     rank_flag = f" --max-lora-rank {rank}" if rank and rank > 16 else ""
     return f"""Serve it with vLLM next to other adapters on the same base (one GPU, many adapters):
@@ -226,6 +270,10 @@ vllm serve {base} --enable-lora --lora-modules {name}={out}{rank_flag}
 curl localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \\
   -d '{{"model": "{name}", "messages": [{{"role": "user", "content": "..."}}], "temperature": 0}}'
 ```
+
+Offline, or when the base is a GGUF file (the bundled model is one: the adapter was trained on its
+dequantized weights, which differ slightly from the hub release), serve the base exactly as trained
+on: `specialize export RUN --format base --out base/`, then `vllm serve base/ ...`.
 
 With LoRAX, start `lorax-launcher --model-id {base}` and send `"adapter_id": "{out}",
 "adapter_source": "local"` with each request. With peft:

@@ -1,10 +1,18 @@
 """Load a base model and its tokenizer, ready to train or generate.
 
 GGUF weights are quantized: transformers dequantizes them on load (about 20 s for the bundled
-model) and then marks the model as GGUF-quantized, which `Trainer` refuses to train and
-`save_pretrained` refuses to save. So the first load converts the GGUF file into a plain
-safetensors checkpoint in the cache directory (atomically: a temp directory renamed into place),
-and every later load reads that checkpoint in well under a second.
+model), and by default then marks the model as GGUF-quantized, which `Trainer` refuses to train
+and `save_pretrained` refuses to save. So the first load converts the GGUF file, loaded with
+`GgufConfig(dequantize=True)` as a plain dense model, into a safetensors checkpoint in the cache
+directory (atomically: a temp directory renamed into place), and every later load reads that
+checkpoint in well under a second.
+
+The checkpoint is written by `save_pretrained`, so it uses the tensor names every other loader
+expects: a model with tied embeddings stores the shared tensor once, as
+`model.embed_tokens.weight` (vLLM skips `lm_head` for tied models and llama.cpp's converter
+reads the embedding), and an untied one stores both. Caches written before that (format 1 saved
+the tied tensor only as `lm_head.weight`, which transformers re-ties but vLLM leaves empty) carry
+no `FORMAT` marker and are converted again on first use.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +33,9 @@ from specialize.models.registry import ModelRef, resolve_model, weights_fingerpr
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "SPECIALIZE_CACHE_DIR"
+# Bump when the converted checkpoint's files change, so existing caches are rewritten on load.
+CHECKPOINT_FORMAT = 2
+FORMAT_FILE = "FORMAT"
 
 
 def cache_dir() -> Path:
@@ -48,42 +60,83 @@ def hf_directory(ref: ModelRef) -> Path:
     if ref.kind in ("hf-dir", "hf-cache"):
         return Path(ref.path)
     target = cache_dir() / "models" / f"{Path(ref.path).stem}-{weights_fingerprint(ref)}"
-    if (target / "config.json").is_file():
+    if cache_is_current(target):
         return target
+    if (target / "config.json").is_file():
+        log.warning("rewriting %s: it was converted by an older version of specialize", target)
     _convert_gguf(Path(ref.path), target)
     return target
 
 
+def cache_is_current(path: Path) -> bool:
+    """Whether `path` is a complete conversion written in the current checkpoint format."""
+    try:
+        marker = json.loads((path / FORMAT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (path / "config.json").is_file() and marker.get("version") == CHECKPOINT_FORMAT
+
+
 def _convert_gguf(gguf_path: Path, target: Path) -> None:
     import torch
-    from safetensors.torch import save_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     log.info("converting %s to safetensors (once) in %s", gguf_path.name, target)
     kwargs = {"gguf_file": gguf_path.name}
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.float32, **kwargs)
+    # dequantize=True: a plain dense model (not GGUF-quantized), which `save_pretrained` accepts,
+    # whether or not the `kernels` package (which would keep the weights packed) is installed.
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf_path.parent,
+        dtype=torch.float32,
+        quantization_config=GgufConfig(gguf_file=gguf_path.name, dequantize=True),
+        **kwargs,
+    )
     tmp = make_temp_dir(target)
     try:
-        config = model.config.to_dict()
-        config.pop("quantization_config", None)
-        config["architectures"] = [type(model).__name__]
-        (tmp / "config.json").write_text(json.dumps(config, indent=2))
-        if model.generation_config is not None:
-            model.generation_config.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        # Tied embeddings are stored once; save_model handles the shared tensor.
-        save_model(model, str(tmp / "model.safetensors"))
+        save_checkpoint(model, tokenizer, tmp)
         (tmp / "SOURCE").write_text(f"converted from {gguf_path}\n")
-        try:
-            tmp.rename(target)
-        except OSError:  # another process converted it first
-            if not (target / "config.json").is_file():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / FORMAT_FILE).write_text(json.dumps({"version": CHECKPOINT_FORMAT}) + "\n")
+        _publish(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def save_checkpoint(model: Any, tokenizer: Any, out: Path) -> None:
+    """Config, generation config, tokenizer and safetensors weights, as `save_pretrained` writes
+    them: it knows the model's tied weights, so the stored names are the ones transformers, vLLM
+    and llama.cpp's converter all read."""
+    model.config.architectures = [type(model).__name__]
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    # save_pretrained writes the weights through a private temp file (mode 0600); a shared cache
+    # must be readable by whoever may read the directory.
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in out.iterdir():
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
+
+
+def _publish(tmp: Path, target: Path) -> None:
+    """Rename the finished conversion into place, replacing a stale one. Another process may be
+    converting the same model at the same time: whichever finishes second keeps the first one's."""
+    if target.exists() and not cache_is_current(target):
+        stale = Path(tempfile.mkdtemp(prefix=f".{target.name}-stale-", dir=target.parent))
+        try:
+            target.rename(stale / "old")
+        except FileNotFoundError:  # another process moved it first
+            pass
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        tmp.rename(target)
+    except OSError:  # another process converted it first
+        if not cache_is_current(target):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_tokenizer(ref: str | ModelRef) -> Any:

@@ -26,7 +26,7 @@ REQUESTS = [
 ]
 
 
-def _write_run(path: Path, base_dir: Path, *, kind: str = "lora", headline: dict | None = None) -> Path:
+def write_run(path: Path, base_dir: Path, *, kind: str = "lora", headline: str | None = None) -> Path:
     path.mkdir(parents=True)
     config = RunConfig(
         name=path.name,
@@ -65,7 +65,7 @@ def _write_run(path: Path, base_dir: Path, *, kind: str = "lora", headline: dict
     return path
 
 
-def _make_adapter(base_dir: Path, target: Path, seed: int = 1) -> None:
+def make_adapter(base_dir: Path, target: Path, seed: int = 1) -> None:
     """A LoRA adapter with random, non-zero B so merging changes the weights."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -85,12 +85,12 @@ def _make_adapter(base_dir: Path, target: Path, seed: int = 1) -> None:
 
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory, tiny_model_dir) -> Path:
-    run = _write_run(
+    run = write_run(
         tmp_path_factory.mktemp("runs") / "tiny-spec",
         tiny_model_dir,
-        headline={"accuracy": 0.875, "vs_few_shot": "+0.31"},
+        headline="fine-tuned: accuracy: 0.875 vs 0.56 few-shot; vs_few_shot +0.31",
     )
-    _make_adapter(tiny_model_dir, run / "adapter")
+    make_adapter(tiny_model_dir, run / "adapter")
     return run
 
 
@@ -100,7 +100,7 @@ def full_run(tmp_path_factory, tiny_model_dir, tiny_tokenizer) -> Path:
     import torch
     from transformers import AutoModelForCausalLM
 
-    run = _write_run(tmp_path_factory.mktemp("runs") / "tiny-full", tiny_model_dir, kind="full")
+    run = write_run(tmp_path_factory.mktemp("runs") / "tiny-full", tiny_model_dir, kind="full")
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     torch.manual_seed(2)
     with torch.no_grad():
@@ -262,8 +262,8 @@ def test_gguf_unsupported_architecture_leaves_nothing(tmp_path, tiny_tokenizer):
         )
     ).save_pretrained(base)
     tiny_tokenizer.save_pretrained(base)
-    run = _write_run(tmp_path / "qwen-run", base)
-    _make_adapter(base, run / "adapter")
+    run = write_run(tmp_path / "qwen-run", base)
+    make_adapter(base, run / "adapter")
     out = tmp_path / "exports" / "nested" / "qwen-gguf"
 
     with pytest.raises(ConfigError, match="Llama-architecture.*Qwen2ForCausalLM"):
@@ -317,6 +317,91 @@ def test_peft_of_full_fine_tune_is_a_clear_error(full_run, tmp_path):
     _no_partial(tmp_path, "p")
 
 
+# --- base ------------------------------------------------------------------------------------
+
+
+def test_base_dir_for_vllm(lora_run, tiny_model_dir, tiny_tokenizer, tmp_path):
+    """The run's base as a plain HF directory: config, tokenizer with its chat template and
+    safetensors, loading with equal logits; tied embeddings stored as model.embed_tokens."""
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    result = export_run(lora_run, "base", tmp_path / "base", check_samples=2)
+
+    assert {
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "README.md",
+    } <= set(result.files)
+    assert not any("adapter" in f for f in result.files)
+    assert result.checks["agreement"] == 1.0 and result.checks["samples"] == 2
+    assert result.checks["max_logit_diff"] == 0.0 and result.checks["dtype"] == "f32"
+    with safe_open(str(result.out / "model.safetensors"), "pt") as handle:
+        names = set(handle.keys())
+    assert "model.embed_tokens.weight" in names and "lm_head.weight" not in names
+    config = json.loads((result.out / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"] and config["tie_word_embeddings"] is True
+    assert AutoTokenizer.from_pretrained(result.out).chat_template == tiny_tokenizer.chat_template
+    data = json.loads((result.out / "tokenizer_config.json").read_text())
+    assert data.get("chat_template") or (result.out / "chat_template.jinja").is_file()
+
+    ids = _ids(tiny_tokenizer)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    exported = AutoModelForCausalLM.from_pretrained(result.out).eval()
+    assert (_logits(exported, ids) - _logits(base, ids)).abs().max() == 0
+
+    card = (result.out / "README.md").read_text()
+    assert f"vllm serve {result.out} --enable-lora --lora-modules tiny-spec=" in card
+    assert "holds no fine-tuning" in card and "library_name: transformers" in card
+    assert "agreement: 1" in card
+
+
+def test_base_dtype_and_full_fine_tune(full_run, tmp_path):
+    """--dtype applies to base as to merged; a full fine-tune's run still names its base."""
+    result = export_run(full_run, "base", tmp_path / "b16", dtype="bf16", check_samples=1)
+    assert json.loads((result.out / "config.json").read_text())["dtype"] == "bfloat16"
+    assert result.checks["dtype"] == "bf16" and result.checks["samples"] == 1
+
+
+def test_peft_card_points_to_the_base_export(lora_run, tmp_path):
+    card = (export_run(lora_run, "peft", tmp_path / "p").out / "README.md").read_text()
+    assert "--format base" in card
+
+
+def test_base_card_says_a_gguf_base_is_not_the_hub_release():
+    from specialize.export.card import base_card
+
+    from specialize.records.run import RunRecord
+
+    def recorded(kind: str, path: str) -> RunRecord:
+        return RunRecord.model_validate({"base_model": {"ref": path, "kind": kind, "path": path, "model_id": "m"}})
+
+    gguf = recorded("bundled-gguf", "/x/SmolLM2-135M-Instruct.Q4_1.gguf")
+    card = base_card(record=gguf, base_name="HuggingFaceTB/SmolLM2-135M-Instruct", usage="u", checks={})
+    assert "`SmolLM2-135M-Instruct.Q4_1.gguf`, dequantized" in card
+    plain = base_card(record=recorded("hf-dir", "/m"), base_name="/m", usage="u", checks={})
+    assert "dequantized" not in plain
+
+
+def test_base_command(lora_run, tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from specialize.cli.export import export
+
+    app = typer.Typer()
+    app.command()(export)
+    out = tmp_path / "base"
+    ok = CliRunner().invoke(
+        app, [str(lora_run), "--format", "base", "--out", str(out), "--check-samples", "1"]
+    )
+    assert ok.exit_code == 0, ok.output
+    assert "greedy agreement with the base as loaded for training: 1/1" in ok.output
+    assert (out / "model.safetensors").is_file()
+
+
 # --- bad input -------------------------------------------------------------------------------
 
 
@@ -334,7 +419,7 @@ def test_missing_adapter(lora_run, tmp_path):
     run.mkdir()
     for name in ("config.yaml", "run.json"):
         shutil.copy(lora_run / name, run / name)
-    for fmt in ("merged", "gguf", "peft"):
+    for fmt in ("merged", "gguf", "peft", "base"):
         with pytest.raises(RunError, match="no trained weights"):
             export_run(run, fmt, tmp_path / "out")
     _no_partial(tmp_path, "out")
@@ -353,6 +438,8 @@ def test_existing_output_and_bad_options(lora_run, tmp_path):
         export_run(lora_run, "merged", tmp_path / "x", quant="q8_0")
     with pytest.raises(ConfigError, match="unknown GGUF quantisation"):
         export_run(lora_run, "gguf", tmp_path / "x", quant="q4_k")
+    with pytest.raises(ConfigError, match="--dtype applies to --format merged and base"):
+        export_run(lora_run, "peft", tmp_path / "x", dtype="f16")
     _no_partial(tmp_path, "x")
     empty = tmp_path / "empty-out"
     empty.mkdir()
@@ -363,7 +450,7 @@ def test_command(lora_run, tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from specialize.commands.export import export
+    from specialize.cli.export import export
 
     app = typer.Typer()
     app.command()(export)
