@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from specialize.data.checks import DataReport
+from specialize.records.eval import EvalReport
 from specialize.train.callbacks import TrainProgress
 
 MAX_LISTED = 15
@@ -42,6 +43,7 @@ def render_data_report(console: Console, report: DataReport) -> None:
         for key, value in estimate.items():
             table.add_row(key, f"{value:,.2f}" if isinstance(value, float) else str(value))
         console.print(table)
+    _render_contract(console, report)
     for kind, style in (("errors", "red"), ("warnings", "yellow")):
         items = data.get(kind) or []
         if items:
@@ -52,6 +54,17 @@ def render_data_report(console: Console, report: DataReport) -> None:
                 console.print(f"  ... {len(items) - MAX_LISTED} more (see --json)")
     verdict = "[green]ok[/]" if report.ok else "[red]errors found: fix them before training[/]"
     console.print(verdict)
+
+
+def _render_contract(console: Console, report: DataReport) -> None:
+    """The contract constrained decoding would enforce, so a wrong one is seen before training."""
+    if report.contract is None or not report.contract.summary:
+        return
+    console.print(
+        "[bold]Output contract[/] (inferred from the training replies; data.output_schema overrides)"
+    )
+    for line in report.contract.summary:
+        console.print(f"  {line}", highlight=False, markup=False)
 
 
 @contextmanager
@@ -79,67 +92,48 @@ def training_progress(console: Console) -> Iterator[Callable[[TrainProgress], No
         yield report
 
 
-def render_eval_table(console: Console, report: dict) -> None:
-    from specialize.evaluate.report import (
-        CONSTRAINT_COLUMNS,
-        _f,
-        constraint_cells,
-        constraint_rows,
-        constraint_title,
-        summary_rows,
+def render_eval_table(console: Console, report: EvalReport) -> None:
+    from specialize.evaluate.table import Table as EvalTable
+    from specialize.evaluate.table import (
+        confidence_table,
+        constraint_table,
+        skipped_lines,
+        summary_table,
+        worst_table,
     )
 
-    table = Table(
-        title=f"{report['task']} task, {report['test_rows']} held-out test rows", title_justify="left"
-    )
-    for col in (
-        "contender",
-        "metric",
-        "value [95% CI]",
-        "invalid",
-        "in tok",
-        "out tok",
-        "p50 ms",
-        "req/s",
-        "$/1k req",
-        "break-even",
-    ):
-        table.add_column(col, justify="left" if col in ("contender", "metric") else "right")
-    for r in summary_rows(report):
-        style = "bold green" if r["contender"] == "fine-tuned" else None
-        table.add_row(
-            r["contender"],
-            r["metric"],
-            f"{_f(r['value'])} [{_f(r['ci_low'])}, {_f(r['ci_high'])}]",
-            _f(r["invalid"]),
-            _f(r["prompt_tokens"], 1),
-            _f(r["completion_tokens"], 1),
-            _f(r["latency_p50_ms"], 0),
-            _f(r["requests_per_s"], 2),
-            _f(r["cost_per_1k"], 4),
-            "-" if r["break_even"] is None else f"{int(r['break_even']):,}",
-            style=style,
-        )
-    console.print(table)
-    constrained = constraint_rows(report)
+    def show(table: EvalTable) -> None:
+        shown = Table(title=table.title, title_justify="left")
+        for i, col in enumerate(table.columns):
+            # The first column names the row (a contender, a label, a field): text, left-aligned.
+            shown.add_column(col, justify="left" if i == 0 or col in ("metric", "replies") else "right")
+        for row, highlight in zip(table.rows, table.highlight, strict=True):
+            shown.add_row(*row, style="bold green" if highlight else None)
+        console.print(shown)
+
+    show(summary_table(report))
+    for line in skipped_lines(report):
+        console.print(Text(line, style="yellow"))
+    for table in (worst_table(report), confidence_table(report)):
+        if table:
+            show(table)
+    constrained = constraint_table(report)
     if constrained:
-        con = Table(title=f"Decoding under the {constraint_title(report)}", title_justify="left")
-        for col in CONSTRAINT_COLUMNS:
-            con.add_column(col, justify="left" if col == "contender" else "right")
-        for r in constrained:
-            con.add_row(*constraint_cells(r), style="bold green" if r["contender"] == "fine-tuned" else None)
-        console.print(con)
-    samples = report.get("samples") or []
-    if samples:
-        names = list(samples[0]["predictions"])
+        show(constrained)
+        if not report.contract_verdict.apply_by_default:
+            console.print(
+                f"[yellow]not applied by default:[/] {report.contract_verdict.reason}", highlight=False
+            )
+    if report.samples:
+        names = list(report.samples[0].predictions)
         shown = Table(title="Sample test rows", title_justify="left")
         for col in ("request", "expected", *names):
             shown.add_column(col, overflow="fold")
-        for sample in samples:
-            cells = [_mark(sample["predictions"][n], sample["reference"]) for n in names]
-            shown.add_row(Text(sample["input"][:80]), Text(sample["reference"]), *cells)
+        for sample in report.samples:
+            cells = [_mark(sample.predictions[n], sample.reference) for n in names]
+            shown.add_row(Text(sample.input[:80]), Text(sample.reference), *cells)
         console.print(shown)
-    console.print(f"[bold]{report['headline']}[/]", highlight=False)
+    console.print(f"[bold]{report.headline}[/]", highlight=False)
 
 
 def _mark(prediction: str, reference: str) -> Text:

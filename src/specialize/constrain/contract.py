@@ -8,7 +8,9 @@ the decoder can enforce (`specialize.constrain.decoder` turns it into a token ma
 
 from __future__ import annotations
 
+import heapq
 import json
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -131,6 +133,15 @@ def _check_schema(schema: Any) -> dict[str, Any]:
 JSON_WHITESPACE = r"(?:\x20{1,2}|\r?\n[\x20\t]{0,16})"
 
 
+# llguidance's JSON options. By default it rejects \uXXXX escapes of printable characters, which is
+# how `json.dumps` (ensure_ascii=True, its default) writes every non-ASCII character: "Kraków" as
+# "Krak\u00f3w". Training replies written that way must be accepted as written.
+JSON_OPTIONS: dict[str, Any] = {
+    "whitespace_pattern": JSON_WHITESPACE,
+    "json_allow_general_unicode_escapes": True,
+}
+
+
 def label_grammar(labels: tuple[str, ...]) -> str:
     """A Lark grammar matching exactly one label. Labels are written as ASCII-only JSON string
     literals (which llguidance's Lark reads): quotes, backslashes and control characters escaped,
@@ -143,11 +154,11 @@ def label_grammar(labels: tuple[str, ...]) -> str:
 
 def schema_grammar(schema: dict[str, Any]) -> str:
     """An llguidance grammar for one JSON value under `schema`. Properties come in schema order; a
-    top-level "x-guidance" key in the schema may override the whitespace default."""
+    top-level "x-guidance" key in the schema may override the defaults (`JSON_OPTIONS`)."""
     from llguidance import LLMatcher
 
     try:
-        return LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_pattern": JSON_WHITESPACE})
+        return LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)
     except ValueError as exc:
         raise ConstraintError(f"the JSON schema cannot be compiled: {exc}") from None
 
@@ -175,8 +186,7 @@ def infer_contract(completions: Sequence[str], task: str) -> OutputContract:
     """The contract a task's reference completions follow.
 
     classification: the sorted distinct (stripped) completions; json: a schema inferred from the
-    completions that parse (types per key are the union of the types seen, `required` the keys
-    present in every object); text: no contract.
+    completions that parse (see `infer_schema`); text: no contract.
     """
     values = [c.strip() for c in completions if c is not None]
     if task == "classification":
@@ -196,8 +206,40 @@ def infer_contract(completions: Sequence[str], task: str) -> OutputContract:
     raise ConstraintError(f"unknown task {task!r}; expected classification, json or text")
 
 
+# A string field becomes an `enum` only when its values look like a closed set, because a value
+# outside the enum can then never be written: a wrong enum turns every unseen value into an error.
+# A closed set repeats: at most ENUM_MAX_VALUES distinct values, each seen ENUM_MIN_MEAN_COUNT
+# times on average, over at least ENUM_MIN_ROWS values; and values seen only once hold at most
+# ENUM_MAX_SINGLETON_SHARE of the rows. That last share is the Good-Turing estimate of how often
+# the next row brings a value never seen before: free text (names, dates, places, numbers written
+# as strings) keeps producing singletons even when a few of its values are frequent. Values must be
+# printable ASCII: llguidance matches an enum value in one spelling only, and `json.dumps` writes
+# "é" as "\u00e9" or as "é" depending on `ensure_ascii`, so a non-ASCII enum could reject replies
+# written the other way.
+ENUM_MAX_VALUES = 20
+ENUM_MIN_MEAN_COUNT = 10
+ENUM_MIN_ROWS = 20
+ENUM_MAX_SINGLETON_SHARE = 0.01
+
+
 def infer_schema(values: Sequence[Any]) -> dict[str, Any]:
-    """A JSON schema that every one of `values` (parsed JSON) satisfies."""
+    """A JSON schema that every one of `values` (parsed JSON) satisfies, and whose grammar accepts
+    each of them as written.
+
+    Types per place are the union of the types seen. Objects: `required` holds the keys present in
+    every object, other keys are optional, and no other key is allowed. llguidance enforces the
+    order of `properties`, so they are listed in the order the values use: sorted when every object
+    has sorted keys (`json.dumps(sort_keys=True)`), else an order consistent with every object
+    (first-seen order where objects do not say). When the objects disagree on the order (key a
+    before b in one, after in another) no fixed order accepts them all, and the keys become
+    `patternProperties` (one exact pattern per key), which llguidance lets come in any order; the
+    grammar then cannot require keys or forbid repeating one, so `required` is left out and
+    `maxProperties` bounds the number of keys instead. Strings that form a closed set (see
+    ENUM_MAX_VALUES) become an `enum`. Arrays: the items of all arrays at one place, pooled.
+
+    Strings may be written with \\uXXXX escapes (`JSON_OPTIONS`) except where llguidance matches
+    them against a pattern: the keys of an any-order object must be written unescaped.
+    """
     groups: dict[str, list[Any]] = {}
     for value in values:
         groups.setdefault(_json_type(value), []).append(value)
@@ -233,25 +275,196 @@ def _json_type(value: Any) -> str:
 
 def _schema_for(kind: str, members: list[Any]) -> dict[str, Any]:
     if kind == "object":
-        keys: dict[str, list[Any]] = {}
-        for obj in members:
-            for key, value in obj.items():
-                keys.setdefault(key, []).append(value)
-        schema: dict[str, Any] = {
-            "type": "object",
-            "properties": {k: infer_schema(v) for k, v in keys.items()},
-            # Only the keys the training replies use: an open object would let a small model add
-            # key after key until it runs out of tokens.
-            "additionalProperties": False,
-        }
-        required = [k for k in keys if all(k in obj for obj in members)]
-        if required:
-            schema["required"] = required
-        return schema
+        return _object_schema(members)
     if kind == "array":
         items = [item for array in members for item in array]
         return {"type": "array", "items": infer_schema(items)} if items else {"type": "array"}
+    if kind == "string":
+        closed = closed_set(members)
+        if closed is not None:
+            return {"type": "string", "enum": closed}
     return {"type": kind}
+
+
+def closed_set(strings: Sequence[str]) -> list[str] | None:
+    """The sorted distinct values when `strings` (every value seen at one place) look like a closed
+    set by the thresholds above, else None."""
+    counts = Counter(strings)
+    n, distinct = len(strings), len(counts)
+    if not all(value.isascii() and value.isprintable() for value in counts):
+        return None
+    if n < ENUM_MIN_ROWS or distinct > ENUM_MAX_VALUES or n < ENUM_MIN_MEAN_COUNT * distinct:
+        return None
+    singletons = sum(1 for c in counts.values() if c == 1)
+    if singletons > ENUM_MAX_SINGLETON_SHARE * n:
+        return None
+    return sorted(counts)
+
+
+def _object_schema(members: list[dict[str, Any]]) -> dict[str, Any]:
+    keys: dict[str, list[Any]] = {}
+    for obj in members:
+        for key, value in obj.items():
+            keys.setdefault(key, []).append(value)
+    order = key_order([list(obj) for obj in members])
+    if order is None and any(key + "\n" in keys for key in keys):
+        # Python's `$` also matches before a final newline, so the exact patterns of "k" and
+        # "k\n" would overlap for a JSON schema validator: keep fixed properties instead.
+        order = list(keys)
+    # Only the keys the training replies use: an open object would let a small model add key after
+    # key until it runs out of tokens.
+    schema: dict[str, Any] = {"type": "object"}
+    if order is None:
+        schema["patternProperties"] = {exact_pattern(k): infer_schema(v) for k, v in keys.items()}
+        schema["additionalProperties"] = False
+        schema["maxProperties"] = len(keys)
+        return schema
+    schema["properties"] = {k: infer_schema(keys[k]) for k in order}
+    schema["additionalProperties"] = False
+    required = [k for k in order if all(k in obj for obj in members)]
+    if required:
+        schema["required"] = required
+    return schema
+
+
+def key_order(sequences: Sequence[Sequence[str]]) -> list[str] | None:
+    """One order of all the keys that every sequence follows (each sequence is the keys of one
+    object, as written), or None when the sequences disagree on the order of two keys.
+
+    Sorted order when every sequence is sorted: pairs of keys never seen together then still
+    follow the rule the data was written by. Otherwise a topological order of "a came right before
+    b" in some sequence, earliest first-seen key first where the sequences leave it open.
+    """
+    first_seen = list(dict.fromkeys(k for seq in sequences for k in seq))
+    if all(list(seq) == sorted(seq) for seq in sequences):
+        return sorted(first_seen)
+    rank = {k: i for i, k in enumerate(first_seen)}
+    successors: dict[str, set[str]] = {k: set() for k in first_seen}
+    for seq in sequences:
+        for a, b in zip(seq, seq[1:], strict=False):
+            successors[a].add(b)
+    indegree = Counter(b for succ in successors.values() for b in succ)
+    ready = [(rank[k], k) for k in first_seen if indegree[k] == 0]
+    heapq.heapify(ready)
+    order: list[str] = []
+    while ready:
+        _, key = heapq.heappop(ready)
+        order.append(key)
+        for b in successors[key]:
+            indegree[b] -= 1
+            if indegree[b] == 0:
+                heapq.heappush(ready, (rank[b], b))
+    return order if len(order) == len(first_seen) else None
+
+
+_REGEX_SPECIAL = frozenset("\\.+*?()|[]{}^$")
+
+
+def exact_pattern(key: str) -> str:
+    """A regex matching exactly `key`, in the syntax both llguidance (Rust regex) and Python's `re`
+    (JSON schema validators) read: only the metacharacters are escaped, since Rust rejects escapes
+    of ordinary characters that Python's `re.escape` writes."""
+    return "^" + "".join("\\" + c if c in _REGEX_SPECIAL else c for c in key) + "$"
+
+
+# --- summary --------------------------------------------------------------------------------------
+
+MAX_SHOWN = 8  # labels or enum values named in a summary line
+
+
+def describe_contract(contract: OutputContract) -> list[str]:
+    """A few lines saying what a reply must be, for a person to read before training: the kind,
+    then for an object schema one line per top-level key (required or optional, its type, enum
+    values) and the key order the grammar enforces."""
+    if contract.kind == "none":
+        return ["free text: no contract"]
+    if contract.kind == "labels":
+        labels = contract.labels or ()
+        return [f"labels: one of {len(labels)} ({_some(labels)})"]
+    if contract.kind == "json_object":
+        return ["JSON: any object"]
+    schema = contract.schema or {}
+    head, keys = _describe_object(schema)
+    if not keys:
+        return [f"JSON: {_describe(schema)}"]
+    return [f"JSON {head}", *(f"  {line}" for line in keys)]
+
+
+def _some(values: Sequence[Any]) -> str:
+    shown = ", ".join(v if isinstance(v, str) else json.dumps(v) for v in values[:MAX_SHOWN])
+    return shown + (f", ... {len(values) - MAX_SHOWN} more" if len(values) > MAX_SHOWN else "")
+
+
+def object_keys(schema: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """An object schema's keys (key -> value schema, from `properties` or from the exact
+    `patternProperties` that `infer_schema` writes) and whether the grammar fixes their order."""
+    if isinstance(schema.get("properties"), dict):
+        return schema["properties"], True
+    patterns = schema.get("patternProperties")
+    if isinstance(patterns, dict):
+        return {_unpattern(p): sub for p, sub in patterns.items()}, False
+    return {}, False
+
+
+def _unpattern(pattern: str) -> str:
+    inner = pattern[1:-1] if pattern.startswith("^") and pattern.endswith("$") else pattern
+    out, escaped = [], False
+    for c in inner:
+        if c == "\\" and not escaped:
+            escaped = True
+            continue
+        out.append(c)
+        escaped = False
+    return "".join(out)
+
+
+def key_order_name(keys: dict[str, Any], fixed: bool) -> str:
+    """ "sorted", "fixed" (the order listed) or "any": the key order an object's grammar enforces."""
+    if not fixed:
+        return "any"
+    return "sorted" if list(keys) == sorted(keys) else "fixed"
+
+
+def _order(keys: dict[str, Any], fixed: bool) -> str:
+    if len(keys) < 2:
+        return "one key" if keys else "no keys"
+    name = key_order_name(keys, fixed)
+    return {"any": "keys in any order", "sorted": "keys in sorted order"}.get(name, "keys in this order")
+
+
+def _describe_object(schema: dict[str, Any]) -> tuple[str, list[str]]:
+    keys, fixed = object_keys(schema)
+    required = set(schema.get("required") or ())
+    n_req = sum(k in required for k in keys)
+    head = f"object, {len(keys)} keys ({n_req} required), {_order(keys, fixed)}"
+    lines = [
+        f"{k}: {'required' if k in required else 'optional'}, {_describe(sub)}" for k, sub in keys.items()
+    ]
+    return head, lines
+
+
+def _describe(schema: Any) -> str:
+    """One value's schema in a few words: nested objects by their key count, order and enums."""
+    if not isinstance(schema, dict) or not schema:
+        return "any value"
+    if "enum" in schema:
+        return f"enum of {len(schema['enum'])} ({_some(schema['enum'])})"
+    if "anyOf" in schema:
+        return " or ".join(_describe(sub) for sub in schema["anyOf"])
+    kind = schema.get("type")
+    if kind == "object":
+        keys, fixed = object_keys(schema)
+        required = set(schema.get("required") or ())
+        enums = [k for k, sub in keys.items() if isinstance(sub, dict) and "enum" in sub]
+        text = (
+            f"object of {len(keys)} keys ({sum(k in required for k in keys)} required), {_order(keys, fixed)}"
+        )
+        return text + (f", enums: {', '.join(enums)}" if enums else "")
+    if kind == "array":
+        return f"array of {_describe(schema['items'])}" if "items" in schema else "array"
+    if isinstance(kind, list):
+        return " or ".join(map(str, kind))
+    return str(kind) if kind else "any value"
 
 
 # --- OpenAI response_format -----------------------------------------------------------------------

@@ -20,9 +20,16 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, computed_field
 
+from specialize.constrain.contract import (
+    describe_contract,
+    infer_contract,
+    key_order_name,
+    object_keys,
+)
 from specialize.data.example import Example, Source
 from specialize.data.formats import FormatSpec, load_examples
 from specialize.data.load import Issue
+from specialize.errors import ConstraintError
 from specialize.models.chat import render_prompt, render_reply
 from specialize.outputs import detect_task
 
@@ -84,6 +91,27 @@ class Estimate(BaseModel):
     seconds: float | None
     price_per_hour: float
     cost_usd: float | None
+    # Where tokens_per_second was measured (`specialize.train.calibrate`): the estimate holds for
+    # that machine and model only.
+    measured_on: str | None = None
+    # Set when a run config says how the file will be used: the rows that training will see (after
+    # the validation and test splits and `max_train_examples`), and the validation passes' share.
+    train_rows: int | None = None
+    validation_seconds: float | None = None
+
+
+class ContractSummary(BaseModel):
+    """The output contract training would infer from these replies (unless the config gives
+    `data.output_schema`): what constrained decoding will enforce, shown before anything is trained."""
+
+    kind: str  # labels, json_schema, json_object or none
+    labels: int | None = None  # how many labels, for kind "labels"
+    key_order: str | None = None  # top-level object keys: "sorted", "fixed" or "any"
+    required: list[str] = []  # top-level keys every reply holds
+    optional: list[str] = []
+    enums: dict[str, list[Any]] = {}  # top-level keys whose values form a closed set
+    output_schema: dict[str, Any] | None = None  # the whole JSON schema, for kind "json_schema"
+    summary: list[str] = []  # describe_contract: one line per top-level key
 
 
 class DataReport(BaseModel):
@@ -104,6 +132,7 @@ class DataReport(BaseModel):
     empty_completions: SourceList = SourceList()
     tokens: TokenStats | None = None  # None without a tokenizer
     estimate: Estimate | None = None
+    contract: ContractSummary | None = None  # None when the replies admit no contract
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -172,6 +201,8 @@ def check_examples(
     if task == "classification":
         report.labels = _label_balance(train, test, found)
     report.empty_completions = _empty_completions(train + (test or []), found)
+    if completions:
+        report.contract = _contract_summary(completions, task, found)
     if tokenizer is not None:
         report.tokens, tokens_per_epoch = _token_stats(tokenizer, train, max_seq_len, found)
         total = round(tokens_per_epoch * epochs)
@@ -337,6 +368,30 @@ def _label_balance(train: list[Example], test: list[Example] | None, issues: lis
         "test-only labels",
     )
     return LabelBalance(counts=ordered, ratio=ratio, rare=rare, test_only=list(test_only))
+
+
+def _contract_summary(completions: list[str], task: str, issues: list[Issue]) -> ContractSummary | None:
+    try:
+        contract = infer_contract(completions, task)
+    except ConstraintError as exc:
+        issues.append(Issue(None, None, f"no output contract can be inferred: {exc}", "warning"))
+        return None
+    summary = ContractSummary(kind=contract.kind, summary=describe_contract(contract))
+    if contract.labels is not None:
+        summary.labels = len(contract.labels)
+    schema = contract.schema
+    if schema is not None:
+        summary.output_schema = schema
+        keys, fixed = object_keys(schema)
+        if keys:
+            summary.key_order = key_order_name(keys, fixed)
+            required = set(schema.get("required") or ())
+            summary.required = [k for k in keys if k in required]
+            summary.optional = [k for k in keys if k not in required]
+            summary.enums = {
+                k: list(sub["enum"]) for k, sub in keys.items() if isinstance(sub, dict) and "enum" in sub
+            }
+    return summary
 
 
 def _empty_completions(examples: list[Example], issues: list[Issue]) -> SourceList:
