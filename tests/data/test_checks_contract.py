@@ -64,7 +64,7 @@ def test_classification_and_text_datasets():
 
 
 def test_check_renders_the_contract():
-    from specialize.render import render_data_report
+    from specialize.cli.render import render_data_report
 
     console = Console(record=True, width=120)
     render_data_report(console, check_examples(json_rows()))

@@ -15,7 +15,7 @@ from specialize.evaluate.quality import quality_record
 from specialize.evaluate.report import render_markdown
 from specialize.evaluate.table import confidence_table, skipped_lines, summary_table, worst_table
 from specialize.records.eval import Comparison, ContenderResult, EvalReport, Skipped
-from specialize.render import render_eval_table
+from specialize.cli.render import render_eval_table
 
 REFS = ["a", "a", "a", "b", "b", "c", "d", "d"]
 TUNED = ["a", "a", "b", "b", "b", "x", "d", "a"]  # a: 2/3 right; c: never right; x: invalid

@@ -66,7 +66,7 @@ def check(
     quiet_libraries()
     from specialize.api import check_data, resolve_run_config
     from specialize.atomic import atomic_write_text
-    from specialize.render import render_data_report
+    from specialize.cli.render import render_data_report
 
     run_config = resolve_run_config(config, {}) if config is not None else None
     if run_config is not None:

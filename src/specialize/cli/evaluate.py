@@ -20,7 +20,7 @@ def evaluate(
     """Fine-tuned model vs zero-shot and few-shot prompting: quality, tokens, latency, cost."""
     quiet_libraries()
     from specialize.api import evaluate as run_evaluation
-    from specialize.render import eval_progress, render_eval_table
+    from specialize.cli.render import eval_progress, render_eval_table
 
     with eval_progress(console) as report:
         result = run_evaluation(run, max_test_examples=max_test_examples, progress=report)
@@ -40,7 +40,7 @@ def run(
     from specialize.api import evaluate as run_evaluation
     from specialize.api import resolve_run_config
     from specialize.cli.train import train_with_progress
-    from specialize.render import eval_progress, render_eval_table
+    from specialize.cli.render import eval_progress, render_eval_table
 
     run_config = resolve_run_config(config, {})
     out = out or Path("runs") / (run_config.name or config.stem)

@@ -62,7 +62,7 @@ def train_with_progress(run_config: RunConfig, out: Path, *, resume: bool = Fals
     """Train with a progress bar and a summary line; under `accelerate launch` only rank 0 shows
     them (the other ranks train silently). Returns whether this process is rank 0."""
     from specialize.api import train as run_training
-    from specialize.render import training_progress
+    from specialize.cli.render import training_progress
     from specialize.train.sft import is_main_process
 
     if not is_main_process():
