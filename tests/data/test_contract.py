@@ -38,7 +38,9 @@ def _tuned(mean_diff: float, p_value: float) -> ContenderResult:
         invalid_free=0.1,
         invalid_constrained=0.0,
         quality=quality,
-        primary_change=PairedComparison(name="mcnemar", metric="accuracy", mean_diff=mean_diff, p_value=p_value),
+        primary_change=PairedComparison(
+            name="mcnemar", metric="accuracy", mean_diff=mean_diff, p_value=p_value
+        ),
     )
     return ContenderResult(name="fine-tuned", role="fine-tuned", quality=quality, constrained=effect)
 
@@ -87,7 +89,9 @@ def test_a_harmful_contract_is_off_by_default_for_generate_registry_and_server(t
     assert run_contract(run) == labels_contract(sorted(LABELS)), "the recorded contract itself is kept"
     assert "Not applied by default" in (run.eval_dir / "report.md").read_text()
 
-    result = CliRunner().invoke(app, ["generate", str(run.path), "message 1 about beta", "--max-new-tokens", "4"])
+    result = CliRunner().invoke(
+        app, ["generate", str(run.path), "message 1 about beta", "--max-new-tokens", "4"]
+    )
     assert result.exit_code == 0, result.output
     assert "decoding freely" in result.output and "lowered the fine-tuned model's accuracy" in result.output
 

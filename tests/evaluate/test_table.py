@@ -8,6 +8,7 @@ import json
 
 from rich.console import Console
 
+from specialize.cli.render import render_eval_table
 from specialize.evaluate.calibration import calibration
 from specialize.evaluate.html import render_html
 from specialize.evaluate.metrics import classification_metrics, json_metrics
@@ -15,7 +16,6 @@ from specialize.evaluate.quality import quality_record
 from specialize.evaluate.report import render_markdown
 from specialize.evaluate.table import confidence_table, skipped_lines, summary_table, worst_table
 from specialize.records.eval import Comparison, ContenderResult, EvalReport, Skipped
-from specialize.cli.render import render_eval_table
 
 REFS = ["a", "a", "a", "b", "b", "c", "d", "d"]
 TUNED = ["a", "a", "b", "b", "b", "x", "d", "a"]  # a: 2/3 right; c: never right; x: invalid

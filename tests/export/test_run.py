@@ -372,11 +372,12 @@ def test_peft_card_points_to_the_base_export(lora_run, tmp_path):
 
 def test_base_card_says_a_gguf_base_is_not_the_hub_release():
     from specialize.export.card import base_card
-
     from specialize.records.run import RunRecord
 
     def recorded(kind: str, path: str) -> RunRecord:
-        return RunRecord.model_validate({"base_model": {"ref": path, "kind": kind, "path": path, "model_id": "m"}})
+        return RunRecord.model_validate(
+            {"base_model": {"ref": path, "kind": kind, "path": path, "model_id": "m"}}
+        )
 
     gguf = recorded("bundled-gguf", "/x/SmolLM2-135M-Instruct.Q4_1.gguf")
     card = base_card(record=gguf, base_name="HuggingFaceTB/SmolLM2-135M-Instruct", usage="u", checks={})

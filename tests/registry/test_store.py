@@ -274,5 +274,7 @@ def test_a_registry_made_by_the_previous_version_gains_the_column(tmp_path, runs
     with sqlite3.connect(root / "registry.sqlite") as conn:
         columns = [row[1] for row in conn.execute("PRAGMA table_info(adapters)")]
     conn.close()
-    assert columns[-2:] == ["output_contract", "contract_off_reason"] and columns.count("output_contract") == 1
+    assert (
+        columns[-2:] == ["output_contract", "contract_off_reason"] and columns.count("output_contract") == 1
+    )
     assert AdapterRegistry(root).get("old", 1) == old  # a second opening does not ALTER again

@@ -39,8 +39,8 @@ def run(
     quiet_libraries()
     from specialize.api import evaluate as run_evaluation
     from specialize.api import resolve_run_config
-    from specialize.cli.train import train_with_progress
     from specialize.cli.render import eval_progress, render_eval_table
+    from specialize.cli.train import train_with_progress
 
     run_config = resolve_run_config(config, {})
     out = out or Path("runs") / (run_config.name or config.stem)
