@@ -49,6 +49,9 @@ def quiet_libraries() -> None:
     # Deprecation notices from inside transformers/peft are for their developers, not our users.
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    # PEFT imports bitsandbytes whenever it is installed (the qlora extra); its CPU backend then
+    # warns about an optional kernels package, on every command, qlora or not.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     try:
         from transformers.utils import logging as hf_logging
 

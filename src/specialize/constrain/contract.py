@@ -234,7 +234,8 @@ def infer_schema(values: Sequence[Any]) -> dict[str, Any]:
     before b in one, after in another) no fixed order accepts them all, and the keys become
     `patternProperties` (one exact pattern per key), which llguidance lets come in any order; the
     grammar then cannot require keys or forbid repeating one, so `required` is left out and
-    `maxProperties` bounds the number of keys instead. Strings that form a closed set (see
+    `maxProperties` bounds the number of keys instead. An object none of whose keys is in every
+    reply gets the same order-free form: it requires nothing, so the form loses nothing. Strings that form a closed set (see
     ENUM_MAX_VALUES) become an `enum`. Arrays: the items of all arrays at one place, pooled.
 
     Strings may be written with \\uXXXX escapes (`JSON_OPTIONS`) except where llguidance matches
@@ -314,16 +315,19 @@ def _object_schema(members: list[dict[str, Any]]) -> dict[str, Any]:
     # Only the keys the training replies use: an open object would let a small model add key after
     # key until it runs out of tokens.
     schema: dict[str, Any] = {"type": "object"}
-    if order is None:
+    required = [k for k in keys if all(k in obj for obj in members)]
+    # An object with no key that every reply has (a bag of optional slots) loses nothing by being
+    # order-free, and a model that writes its keys in another order than training did still gets
+    # its own valid reply instead of being pushed onto another key.
+    if order is None or (not required and len(keys) > 1 and not any(k + "\n" in keys for k in keys)):
         schema["patternProperties"] = {exact_pattern(k): infer_schema(v) for k, v in keys.items()}
         schema["additionalProperties"] = False
         schema["maxProperties"] = len(keys)
         return schema
     schema["properties"] = {k: infer_schema(keys[k]) for k in order}
     schema["additionalProperties"] = False
-    required = [k for k in order if all(k in obj for obj in members)]
     if required:
-        schema["required"] = required
+        schema["required"] = [k for k in order if k in required]
     return schema
 
 
