@@ -506,6 +506,12 @@ def main() -> None:
     parser.add_argument(
         "--report-only", action="store_true", help="Reuse the trained and evaluated run in --out."
     )
+    parser.add_argument(
+        "--reevaluate",
+        action="store_true",
+        help="Reuse the trained run in --out: infer its contract again with the current code (the "
+        "adapter does not depend on it), evaluate, report.",
+    )
     args = parser.parse_args()
 
     work = args.out or Path(tempfile.mkdtemp(prefix="json-contract-"))
@@ -535,10 +541,29 @@ def main() -> None:
     if args.report_only:
         report_only(run, [r["output"] for r in train])
         return
+    if args.reevaluate:
+        reinfer_contract(run)
+        _cli("eval", str(run))
+        report_only(run, [r["output"] for r in train])
+        return
     _cli("check", str(work / "train.jsonl"), "--test", str(work / "test.jsonl"), "--no-tokens")
     _cli("train", "--config", str(work / "config.yaml"), "--out", str(run))
     _cli("eval", str(run))
     report_only(run, [r["output"] for r in train])
+
+
+def reinfer_contract(run: Path) -> None:
+    """Record the contract the current inference gives for the run's training replies."""
+    from specialize.data.contract import training_contract
+    from specialize.data.split import load_split
+    from specialize.run_dir import RunDir
+
+    run_dir = RunDir(run)
+    record = run_dir.record()
+    completions = [e.completion or "" for e in load_split(run_dir.split_file("train"))]
+    record.output_contract = training_contract(None, completions).to_dict()
+    run_dir.write_record(record)
+    print("re-inferred the run's output contract with the current code", flush=True)
 
 
 def report_only(run: Path, train_replies: list[str]) -> None:

@@ -18,16 +18,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from specialize.constrain import compile_constraint, infer_contract, infer_schema
-from specialize.constrain.contract import (
+from specialize.constrain.contract import schema_contract
+from specialize.constrain.describe import describe_contract, object_keys
+from specialize.constrain.infer import (
     ENUM_MAX_VALUES,
     ENUM_MIN_MEAN_COUNT,
     ENUM_MIN_ROWS,
     closed_set,
-    describe_contract,
     exact_pattern,
     key_order,
-    object_keys,
-    schema_contract,
 )
 from specialize.inference import generate
 from specialize.models.load import load_model
@@ -125,10 +124,11 @@ def test_optional_slots_in_another_order_than_training_are_still_valid(tiny_toke
     rows = sorted_rows()
     contract = infer_contract(rows, "json")
     keys = sorted(object_keys(contract.schema["properties"]["slots"])[0])
-    unsorted = '{"intent": "%s", "slots": {"%s": "a", "%s": "b"}}' % (sorted(INTENTS)[0], keys[-1], keys[0])
+    intent = sorted(INTENTS)[0]
+    unsorted = json.dumps({"intent": intent, "slots": {keys[-1]: "a", keys[0]: "b"}})
     assert_accepts_all(contract, [unsorted], tiny_tokenizer)
     constraint = compile_constraint(contract, tiny_tokenizer, [EOS])
-    extra = '{"intent": "%s", "slots": {"not_a_slot": "a"}}' % sorted(INTENTS)[0]
+    extra = json.dumps({"intent": intent, "slots": {"not_a_slot": "a"}})
     assert not constraint.accepts(encode(tiny_tokenizer, extra)), "the key set stays closed"
 
 

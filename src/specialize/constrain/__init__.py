@@ -14,12 +14,11 @@ from specialize.constrain.contract import (
     NONE,
     OutputContract,
     contract_from_response_format,
-    infer_contract,
-    infer_schema,
     labels_contract,
     schema_contract,
 )
 from specialize.constrain.decoder import Constraint, ConstraintState, compile_constraint, mask_logits
+from specialize.constrain.infer import infer_contract, infer_schema
 
 __all__ = [
     "JSON_WHITESPACE",

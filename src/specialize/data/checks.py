@@ -20,12 +20,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, computed_field
 
-from specialize.constrain.contract import (
-    describe_contract,
-    infer_contract,
-    key_order_name,
-    object_keys,
-)
+from specialize.constrain.describe import describe_contract, key_order_name, object_keys
+from specialize.constrain.infer import infer_contract
 from specialize.data.example import Example, Source
 from specialize.data.formats import FormatSpec, load_examples
 from specialize.data.load import Issue

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from specialize.constrain.contract import NONE, OutputContract, infer_contract, schema_contract
+from specialize.constrain.contract import NONE, OutputContract, schema_contract
+from specialize.constrain.infer import infer_contract
 from specialize.data.split import load_split
 from specialize.errors import ConfigError
 from specialize.outputs import detect_task
