@@ -28,7 +28,7 @@ from specialize.records.eval import (
 from specialize.registry import AdapterRegistry
 from specialize.run_dir import RunDir
 from specialize.train.sft import train
-from tests.train.test_sft import LABELS, tiny_config
+from tests.train.conftest import LABELS, tiny_config
 
 
 def _tuned(mean_diff: float, p_value: float) -> ContenderResult:

@@ -216,7 +216,7 @@ def test_base_export_names(tiny_model_dir, tiny_tokenizer, tmp_path):
 def test_full_fine_tune_model_dir_names(tiny_model_dir, tiny_tokenizer, tmp_path):
     """train/sft.py saves model/ with save_pretrained; a tied model keeps model.embed_tokens."""
     from specialize.train.sft import train
-    from tests.train.test_sft import tiny_config
+    from tests.train.conftest import tiny_config
 
     rows = [{"text": f"message {i} about {w}", "label": w} for i, w in enumerate(["a", "b"] * 6)]
     data = tmp_path / "train.jsonl"

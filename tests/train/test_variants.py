@@ -21,7 +21,7 @@ from specialize.errors import ConfigError
 from specialize.inference import load_run
 from specialize.train import sft
 from specialize.train.sft import train
-from tests.train.test_sft import LABELS, losses, tiny_config
+from tests.train.conftest import LABELS, losses, tiny_config
 
 PROMPTS = ["message 3 about delta", "message 8 about alpha", "hi"]
 

@@ -40,12 +40,15 @@ def tracker_callbacks(
     trackers: list[str], tensorboard_dir: Path, is_main: bool
 ) -> tuple[list[str], list[Any]]:
     """(what to pass as the Trainer's report_to, callbacks to add). TensorBoard gets its own
-    callback with a writer on `tensorboard_dir`; the others go through report_to unchanged."""
+    callback logging to `tensorboard_dir`; the others go through report_to unchanged."""
     others = [t for t in trackers if t != "tensorboard"]
     callbacks: list[Any] = []
     if "tensorboard" in trackers and is_main:
-        from torch.utils.tensorboard import SummaryWriter
         from transformers.integrations import TensorBoardCallback
 
-        callbacks.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(tensorboard_dir))))
+        # The callback opens its writer again for logs after training ends (the final validation
+        # loss): giving it the directory, not a writer, keeps those in the same place.
+        callback = TensorBoardCallback()
+        callback.logging_dir = str(tensorboard_dir)
+        callbacks.append(callback)
     return (others or ["none"]), callbacks
