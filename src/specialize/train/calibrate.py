@@ -87,13 +87,14 @@ def _measure(config: RunConfig, data_file: Path) -> Calibration:
     began = time.perf_counter()
     try:
         result = train(probe, workdir / "run")
+        steady = _steady_throughput(result.run.metrics)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     record = result.record
-    if record is None or not record.tokens_per_second:
+    if record is None or not (steady or record.tokens_per_second):
         raise RuntimeError("the calibration run logged no throughput")
     return Calibration(
-        tokens_per_second=float(record.tokens_per_second),
+        tokens_per_second=float(steady or record.tokens_per_second),
         steps=record.steps,
         seconds=round(time.perf_counter() - began, 2),
         batch_size=probe.train.batch_size * probe.train.grad_accum,
@@ -101,6 +102,19 @@ def _measure(config: RunConfig, data_file: Path) -> Calibration:
         machine=machine_description(),
         measured_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
+
+
+def _steady_throughput(metrics: Path) -> float | None:
+    """Tokens per second between the first and the last logged step: the first steps pay one-off
+    costs (kernel selection, allocator warm-up) that a real run spreads over hundreds of steps."""
+    points = []
+    for line in metrics.read_text(encoding="utf-8").splitlines() if metrics.is_file() else []:
+        entry = json.loads(line)
+        if "num_input_tokens_seen" in entry and "time" in entry:
+            points.append((entry["time"], entry["num_input_tokens_seen"]))
+    if len(points) < 2 or points[-1][0] <= points[0][0]:
+        return None
+    return (points[-1][1] - points[0][1]) / (points[-1][0] - points[0][0])
 
 
 def _cache_key(config: RunConfig) -> str:
