@@ -275,6 +275,7 @@ def test_a_registry_made_by_the_previous_version_gains_the_column(tmp_path, runs
         columns = [row[1] for row in conn.execute("PRAGMA table_info(adapters)")]
     conn.close()
     assert (
-        columns[-2:] == ["output_contract", "contract_off_reason"] and columns.count("output_contract") == 1
+        columns[14:16] == ["output_contract", "contract_off_reason"] and columns.count("output_contract") == 1
     )
+    assert "parent_version" in columns and "eval_report" in columns
     assert AdapterRegistry(root).get("old", 1) == old  # a second opening does not ALTER again

@@ -1,4 +1,5 @@
-"""`specialize adapters add | list | show | remove`: the adapter registry from the command line."""
+"""`specialize adapters add | list | show | remove | promote | rollback | history`: the adapter registry
+from the command line."""
 
 from __future__ import annotations
 
@@ -116,6 +117,69 @@ def remove(
     removed = AdapterRegistry(registry).remove(name, version)
     versions = ", ".join(f"v{r.version}" for r in removed)
     console.print(f"[green]removed[/] {name} ({versions})")
+
+
+@adapters_app.command("promote")
+@user_errors
+def promote(
+    name: Annotated[str, typer.Argument(help="Adapter name.")],
+    version: Annotated[str, typer.Argument(help="The version to serve as NAME, e.g. v3.")],
+    reason: Annotated[str | None, typer.Option("--reason", help="Kept in the history.")] = None,
+    registry: RegistryOpt = None,
+) -> None:
+    """Serve VERSION as NAME from now on; running servers follow without a restart."""
+    quiet_libraries()
+    from specialize.registry import AdapterRegistry
+
+    done = AdapterRegistry(registry).promote(name, _version(version), reason=reason)
+    console.print(f"[green]promoted[/] {name} v{done.version} is current (was v{done.previous})")
+
+
+@adapters_app.command("rollback")
+@user_errors
+def rollback(
+    name: Annotated[str, typer.Argument(help="Adapter name.")],
+    reason: Annotated[str | None, typer.Option("--reason", help="Kept in the history.")] = None,
+    registry: RegistryOpt = None,
+) -> None:
+    """Serve the version that was current before the last promotion again."""
+    quiet_libraries()
+    from specialize.registry import AdapterRegistry
+
+    done = AdapterRegistry(registry).rollback(name, reason=reason)
+    console.print(f"[green]rolled back[/] {name} v{done.version} is current (was v{done.previous})")
+
+
+@adapters_app.command("history")
+@user_errors
+def history(
+    name: Annotated[str, typer.Argument(help="Adapter name.")],
+    registry: RegistryOpt = None,
+) -> None:
+    """Every switch of NAME's current version and every retrain decision, oldest first."""
+    quiet_libraries()
+    from specialize.registry import AdapterRegistry
+
+    store = AdapterRegistry(registry)
+    current = store.current(name)
+    table = Table(title=f"{name}: v{current.version} is current", title_justify="left")
+    for column in ("when", "what", "version", "from", "why"):
+        table.add_column(column)
+    rows = [(s.at, s.action, s.version, s.previous, s.reason) for s in store.history(name)]
+    rows += [(d.at, d.outcome, d.challenger, d.current, d.reason) for d in store.decisions(name)]
+    for at, what, to, came_from, why in sorted(rows, key=lambda r: r[0]):
+        table.add_row(
+            _when(at), what, f"v{to}" if to else "-", f"v{came_from}" if came_from else "-", why or "-"
+        )
+    console.print(table)
+
+
+def _version(text: str) -> int:
+    """'v3' or '3' as 3."""
+    digits = text[1:] if text[:1] in ("v", "V") else text
+    if not digits.isdigit() or int(digits) < 1:
+        raise typer.BadParameter(f"'{text}' is not a version; write it as vN, e.g. v2", param_hint="VERSION")
+    return int(digits)
 
 
 def _size(nbytes: int) -> str:

@@ -30,7 +30,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from specialize.atomic import atomic_write_text
+from specialize.registry import lineage as tables
 from specialize.registry.errors import AdapterNotFoundError, IncompatibleAdapterError, RegistryError
+from specialize.registry.lineage import LINEAGE_COLUMNS, DecisionEntry, Lineage, Switch, TrainingData
 from specialize.registry.source import CONFIG_FILE, WEIGHTS_FILE, AdapterSource, inspect_source
 
 HOME_ENV = "SPECIALIZE_HOME"
@@ -54,14 +57,21 @@ CREATE TABLE IF NOT EXISTS adapters (
     source TEXT NOT NULL,             -- where it was added from
     output_contract TEXT,             -- JSON of the run's OutputContract (run.json), when it recorded one
     contract_off_reason TEXT,         -- why the contract is not applied by default (its eval found it harmful)
+    parent_version INTEGER,           -- lineage (registry/lineage.py): the version this was retrained from,
+    data_sha256 TEXT,                 -- the hash and row count of its training rows (splits/train.jsonl),
+    data_rows INTEGER,
+    rows_added INTEGER,               -- rows not in the parent's training rows,
+    run_dir TEXT,                     -- its run directory
+    eval_report TEXT,                 -- and that run's eval/report.json
     PRIMARY KEY (name, version)
 )
 """
 # Columns added after the first release: an older registry.sqlite gains them on first use.
-_ADDED_COLUMNS = {"output_contract": "TEXT", "contract_off_reason": "TEXT"}
+_ADDED_COLUMNS = {"output_contract": "TEXT", "contract_off_reason": "TEXT", **LINEAGE_COLUMNS}
 _COLUMNS = (
     "name, version, path, base_model_id, base_ref, base_fingerprint, rank, alpha, target_modules, "
-    "size_bytes, sha256, created, eval_headline, source, output_contract, contract_off_reason"
+    "size_bytes, sha256, created, eval_headline, source, output_contract, contract_off_reason, "
+    "parent_version, data_sha256, data_rows, rows_added, run_dir, eval_report"
 )
 
 
@@ -109,6 +119,13 @@ class AdapterRecord:
     # Set when the run's evaluation found that decoding under that contract makes answers
     # significantly worse: the server then decodes freely by default, and says why.
     contract_off_reason: str | None = None
+    # Lineage: None for versions added before it was recorded, or from a bare PEFT directory.
+    parent_version: int | None = None
+    data_sha256: str | None = None
+    data_rows: int | None = None
+    rows_added: int | None = None
+    run_dir: str | None = None
+    eval_report: str | None = None
 
     @property
     def default_contract(self) -> dict[str, Any] | None:
@@ -143,6 +160,7 @@ class AdapterRegistry:
             conn.execute(_SCHEMA)
             if not self._migrated:
                 _add_missing_columns(conn)
+                tables.create_tables(conn)
                 self._migrated = True
             if not write:
                 yield conn
@@ -157,10 +175,26 @@ class AdapterRegistry:
         finally:
             conn.close()
 
-    def add(self, name: str, source: str | Path, *, base: str | None = None) -> AdapterRecord:
-        """Copy the adapter at `source` into the registry as the next version of `name`."""
+    def add(
+        self,
+        name: str,
+        source: str | Path,
+        *,
+        base: str | None = None,
+        lineage: Lineage | None = None,
+        make_current: bool = True,
+    ) -> AdapterRecord:
+        """Copy the adapter at `source` into the registry as the next version of `name`.
+
+        It becomes the name's current version (what `NAME` serves) unless `make_current=False`,
+        as for a retrained challenger that has yet to prove itself; a name's first version is
+        always current."""
         check_name(name)
         found = inspect_source(source, base=base)
+        origin = lineage or Lineage()
+        data = TrainingData.of_run(found.run_dir)
+        run = found.run_dir.resolve() if found.run_dir is not None else None
+        report = run / "eval" / "report.json" if run is not None else None
         staging = Path(tempfile.mkdtemp(prefix=f".incoming-{name}-", dir=self._ensure_root()))
         final: Path | None = None
         try:
@@ -190,9 +224,15 @@ class AdapterRegistry:
                     source=str(Path(source).expanduser().resolve()),
                     output_contract=found.output_contract,
                     contract_off_reason=found.contract_off_reason,
+                    parent_version=origin.parent_version,
+                    data_sha256=data.sha256 if data else None,
+                    data_rows=data.rows if data else None,
+                    rows_added=origin.rows_added,
+                    run_dir=str(run) if run is not None else None,
+                    eval_report=str(report) if report is not None and report.is_file() else None,
                 )
                 conn.execute(
-                    f"INSERT INTO adapters ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    f"INSERT INTO adapters ({_COLUMNS}) VALUES ({','.join('?' * 22)})",
                     (
                         name,
                         version,
@@ -210,8 +250,23 @@ class AdapterRegistry:
                         record.source,
                         json.dumps(record.output_contract) if record.output_contract is not None else None,
                         record.contract_off_reason,
+                        record.parent_version,
+                        record.data_sha256,
+                        record.data_rows,
+                        record.rows_added,
+                        record.run_dir,
+                        record.eval_report,
                     ),
                 )
+                previous = self._current_version(conn, name, exclude=version)
+                if make_current or previous is None:
+                    action = "add" if previous is None else "promote"
+                    tables.switch(conn, name, version, previous, action, "added")
+                elif tables.pointer(conn, name) is None:
+                    # An older registry serves the latest version: pin the one in service first,
+                    # or the challenger would take traffic by merely being added.
+                    tables.switch(conn, name, previous, None, "add", "pinned before adding a challenger")
+            self._touch_stamp()
             return record
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -259,6 +314,7 @@ class AdapterRegistry:
         if not rows:
             self.get(name, version)  # raises the not-found message
         removed = [self._record(row) for row in rows]
+        self._touch_stamp()  # the current version may have been removed: servers re-read it
         for record in removed:
             _remove_tree(record.path)
         if version is None or not any((self.root / name).glob("v*")):
@@ -303,7 +359,101 @@ class AdapterRegistry:
             source=row["source"],
             output_contract=json.loads(row["output_contract"]) if row["output_contract"] else None,
             contract_off_reason=row["contract_off_reason"],
+            **{column: row[column] for column in LINEAGE_COLUMNS},
         )
+
+    # The current version (what `NAME` serves) and its history ----------------------------------
+
+    @property
+    def stamp_path(self) -> Path:
+        """Replaced after every switch of a current version: stat it to notice one cheaply."""
+        return self.root / tables.STAMP_FILE
+
+    def current(self, name: str) -> AdapterRecord:
+        """The version `name` serves: the pointer's, else (an older registry) the latest."""
+        with self._connect() as conn:
+            version = self._current_version(conn, name)
+        if version is None:
+            return self.get(name)  # raises the not-found message
+        return self.get(name, version)
+
+    def current_all(self) -> list[AdapterRecord]:
+        """The current version of every name, sorted by name."""
+        with self._connect() as conn:
+            names = [r[0] for r in conn.execute("SELECT DISTINCT name FROM adapters ORDER BY name")]
+        return [self.current(name) for name in names]
+
+    def current_since(self, name: str) -> float | None:
+        """When the current version became current (None: never switched, an older registry)."""
+        with self._connect() as conn:
+            return tables.since(conn, name)
+
+    def promote(self, name: str, version: int, *, reason: str | None = None) -> Switch:
+        """Make `version` the current version of `name`, in one transaction with its history row."""
+        with self._connect(write=True) as conn:
+            self._require(conn, name, version)
+            previous = self._current_version(conn, name)
+            if previous == version:
+                raise RegistryError(f"'{name}' v{version} is already the current version")
+            done = tables.switch(conn, name, version, previous, "promote", reason)
+        self._touch_stamp()
+        return done
+
+    def rollback(self, name: str, *, reason: str | None = None) -> Switch:
+        """Go back to the version that was current before the current one was promoted."""
+        with self._connect(write=True) as conn:
+            current = self._current_version(conn, name)
+            if current is None:
+                raise AdapterNotFoundError(f"no adapter '{name}' in the registry {self.root}")
+            target = tables.rollback_target(conn, name, current)
+            if target is None:
+                raise RegistryError(
+                    f"'{name}' v{current} was not promoted over another version: nothing to roll back to"
+                )
+            self._require(conn, name, target, why=f"cannot roll back to it from v{current}")
+            done = tables.switch(conn, name, target, current, "rollback", reason)
+        self._touch_stamp()
+        return done
+
+    def history(self, name: str) -> list[Switch]:
+        """Every switch of `name`'s current version, oldest first."""
+        with self._connect() as conn:
+            return tables.history(conn, name)
+
+    def record_decision(self, entry: DecisionEntry) -> DecisionEntry:
+        with self._connect(write=True) as conn:
+            return tables.add_decision(conn, entry)
+
+    def decisions(self, name: str) -> list[DecisionEntry]:
+        with self._connect() as conn:
+            return tables.decisions(conn, name)
+
+    def _current_version(self, conn: sqlite3.Connection, name: str, exclude: int | None = None) -> int | None:
+        """The pointer's version if it names an existing version, else the latest (not `exclude`)."""
+        version = tables.pointer(conn, name)
+        if version is not None and version != exclude:
+            row = conn.execute(
+                "SELECT 1 FROM adapters WHERE name = ? AND version = ?", (name, version)
+            ).fetchone()
+            if row is not None:
+                return version
+        row = conn.execute(
+            "SELECT MAX(version) FROM adapters WHERE name = ? AND version != ?", (name, exclude or -1)
+        ).fetchone()
+        return row[0]
+
+    def _require(self, conn: sqlite3.Connection, name: str, version: int, why: str = "") -> None:
+        row = conn.execute(
+            "SELECT 1 FROM adapters WHERE name = ? AND version = ?", (name, version)
+        ).fetchone()
+        if row is None:
+            raise AdapterNotFoundError(
+                f"no adapter '{name}' version {version} in the registry {self.root}"
+                + (f"; {why}" if why else "")
+            )
+
+    def _touch_stamp(self) -> None:
+        atomic_write_text(self.stamp_path, f"{time.time_ns()}\n")
 
 
 def _add_missing_columns(conn: sqlite3.Connection) -> None:
