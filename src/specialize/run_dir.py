@@ -18,6 +18,7 @@ from specialize.atomic import atomic_write_text
 from specialize.config import RunConfig, load_config
 from specialize.errors import RunError
 from specialize.records.eval import EvalReport
+from specialize.records.human import HumanEval
 from specialize.records.run import RunRecord
 
 RecordT = TypeVar("RecordT", bound=BaseModel)
@@ -38,6 +39,11 @@ class RunDir:
     @property
     def data_report(self) -> Path:
         return self.path / "data_report.json"
+
+    @property
+    def learning_curve(self) -> Path:
+        """Runs trained on nested subsets of this run's training rows (eval.learning_curve)."""
+        return self.path / "learning_curve"
 
     @property
     def splits(self) -> Path:
@@ -108,6 +114,17 @@ class RunDir:
         if not self.eval_report_file.is_file():
             raise RunError(f"{self.path}: the run has not been evaluated; run `specialize eval {self.path}`")
         return _read(self.eval_report_file, EvalReport)
+
+    @property
+    def human_eval_file(self) -> Path:
+        return self.eval_dir / "human.json"
+
+    def human_eval(self) -> HumanEval | None:
+        """What blind human review found (eval/human.json); None before anyone reviewed."""
+        return _read(self.human_eval_file, HumanEval) if self.human_eval_file.is_file() else None
+
+    def write_human_eval(self, summary: HumanEval) -> None:
+        atomic_write_text(self.human_eval_file, summary.model_dump_json(indent=2) + "\n")
 
     def weights_dir(self) -> Path:
         """The trained weights: the adapter for LoRA runs, the whole model for full fine-tuning."""

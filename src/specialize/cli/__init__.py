@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import typer
 
-from specialize.cli import adapters, check, evaluate, export, generate, monitor, serve, train
+from specialize.cli import adapters, check, evaluate, export, generate, monitor, review, serve, train
+from specialize.cli import retrain as retrain_cmd
+from specialize.cli import studio as studio_cmd
+from specialize.cli import watch as watch_cmd
 
 app = typer.Typer(
     help="Turn a general pre-trained LLM into a specialist for one task, and prove it paid off.",
@@ -34,8 +37,11 @@ COMMANDS = {
     "export": export.export,
     "profile": monitor.profile,
     "drift": monitor.drift,
+    "retrain": retrain_cmd.retrain,
+    "watch": watch_cmd.watch,
+    "studio": studio_cmd.studio,
 }
-GROUPS = {"adapters": adapters.adapters_app}
+GROUPS = {"adapters": adapters.adapters_app, "review": review.review_app}
 
 for name, command in COMMANDS.items():
     app.command(name=name)(command)

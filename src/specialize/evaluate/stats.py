@@ -6,7 +6,8 @@ normal approximations where the sample is small, and no scipy (the tool must not
 
 - `bootstrap_ci` / `bootstrap_metric_ci`: percentile bootstrap intervals for one contender;
 - `paired_bootstrap` / `paired_bootstrap_metric`: is contender A better than B on the *same* items;
-- `mcnemar`: the standard paired test for two classifiers' per-item correctness.
+- `mcnemar`: the standard paired test for two classifiers' per-item correctness;
+- `wilson_interval`: a proportion from few trials (human review's win rates).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ __all__ = [
     "mcnemar",
     "paired_bootstrap",
     "paired_bootstrap_metric",
+    "wilson_interval",
 ]
 
 # Resample in chunks so that n_resamples x n_items never materialises more than this many
@@ -282,3 +284,23 @@ def mcnemar(
     se = math.sqrt(max(discordant - (b10 - b01) ** 2 / n, 0.0)) / n
     low, high = max(-1.0, diff - z * se), min(1.0, diff + z * se)
     return PairedTest("mcnemar", diff, low, high, p_value, n, b01, b10)
+
+
+def wilson_interval(successes: int, n: int, *, confidence: float = 0.95) -> tuple[float, float, float]:
+    """A binomial proportion with its Wilson score interval: (point, low, high).
+
+    For the handful of judgments a human review yields (often 10-50 per pair) the Wald interval
+    is too narrow and leaves [0, 1] near 0% and 100%; Wilson's stays inside and keeps close to
+    its nominal coverage. n = 0 gives (nan, nan, nan): nothing was judged.
+    """
+    _check_confidence(confidence)
+    if n <= 0:
+        return math.nan, math.nan, math.nan
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must be in [0, {n}], got {successes}")
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return p, max(0.0, centre - half), min(1.0, centre + half)
