@@ -23,7 +23,9 @@ def test_unknown_section_lists_known_ones():
 
 
 def test_bad_values_are_named():
-    with pytest.raises(ConfigError, match=r"method.kind: Input should be 'lora', 'qlora' or 'full'"):
+    with pytest.raises(
+        ConfigError, match=r"method.kind: Input should be 'lora', 'qlora', 'full', 'dpo' or 'kto'"
+    ):
         parse_config({"method": {"kind": "prefix-tuning"}})
     with pytest.raises(ConfigError, match="must leave most rows for training"):
         parse_config({"data": {"val_fraction": 0.5, "test_fraction": 0.45}})

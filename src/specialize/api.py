@@ -147,7 +147,8 @@ def train(
         from specialize.models.load import load_tokenizer
 
         try:
-            write_profile(result.run, load_tokenizer(run_config.model.base))
+            # The run's saved config: a preference run takes its base from method.from_run.
+            write_profile(result.run, load_tokenizer(result.run.config().model.base))
         except Exception as exc:  # noqa: BLE001 - reported, and recoverable with `specialize profile`
             log.warning(
                 "could not write profile.json (%s); run `specialize profile %s`", exc, result.run.path
@@ -208,3 +209,33 @@ def export(run: str | Path, out: str | Path, *, format: str = "merged", **option
     from specialize.export.run import export_run
 
     return export_run(run, format, out, **options)
+
+
+def retrain(name: str, new: Sequence[str | Path] = (), **options: Any) -> Any:
+    """A challenger version of registry adapter `name` trained on its parent's rows plus the rows
+    in `new`, promoted only if it wins: a `loop.decisions.RetrainDecision`. `reviewed=[...]`,
+    `request_log=` with `labels=`, and `registry=` select other sources and the registry; the
+    other options are `loop.retrain.RetrainOptions` fields (margin, holdout_fraction, out, ...)."""
+    from specialize.loop.retrain import NewRows, RetrainOptions
+    from specialize.loop.retrain import retrain as run_retrain
+    from specialize.registry import AdapterRegistry
+
+    rows = NewRows(
+        data=[Path(p) for p in new],
+        reviewed=[Path(p) for p in options.pop("reviewed", ())],
+        request_log=options.pop("request_log", None),
+        labels=options.pop("labels", None),
+    )
+    registry = AdapterRegistry(options.pop("registry", None))
+    return run_retrain(name, rows, RetrainOptions(**options), registry=registry)
+
+
+def watch(name: str, request_log: str | Path, **options: Any) -> Any:
+    """One `specialize watch --once` cycle for registry adapter `name`: a `loop.decisions.WatchCycle`
+    (`loop.watch.EXIT_CODES[cycle.outcome]` is the command's exit code). Options are
+    `loop.watch.WatchOptions` fields (data_dir, min_rows, webhook, ...) and `registry=`."""
+    from specialize.loop.watch import WatchOptions, watch_once
+    from specialize.registry import AdapterRegistry
+
+    registry = AdapterRegistry(options.pop("registry", None))
+    return watch_once(name, WatchOptions(request_log=Path(request_log), **options), registry=registry)

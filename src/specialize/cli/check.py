@@ -69,6 +69,11 @@ def check(
     from specialize.cli.render import render_data_report
 
     run_config = resolve_run_config(config, {}) if config is not None else None
+    if run_config is not None and run_config.method.from_run:
+        # A preference run on top of another trains that run's base: count tokens with its tokenizer.
+        from specialize.train.preference import inherit_parent, parent_run
+
+        run_config = inherit_parent(run_config, parent_run(run_config.method.from_run))
     if run_config is not None:
         model = model or run_config.model.base
         max_seq_len = max_seq_len or run_config.model.max_seq_len

@@ -37,6 +37,36 @@ def render_data_report(console: Console, report: DataReport) -> None:
             stats = tokens.get(part) or {}
             table.add_row(part, *(str(stats.get(c, "-")) for c in ("p50", "p95", "max")))
         console.print(table)
+    preference = report.preference
+    if preference is not None:
+        table = Table(title=f"Preference data ({preference.kind})", show_header=False, title_justify="left")
+        table.add_column(style="bold")
+        table.add_column(justify="right")
+        counts = (
+            [("pairs", preference.pairs)]
+            if preference.kind == "pairs"
+            else [
+                ("rated replies", preference.rated),
+                ("desirable", preference.desirable),
+                ("undesirable", preference.undesirable),
+            ]
+        )
+        for key, value in counts:
+            table.add_row(key, str(value))
+        share = preference.unique_prompt_share
+        table.add_row(
+            "unique prompts", f"{preference.unique_prompts} ({share:.0%})" if share is not None else "-"
+        )
+        for key, value in (
+            ("prompt", preference.prompt_mean),
+            ("chosen" if preference.kind == "pairs" else "reply", preference.chosen_mean),
+            ("rejected", preference.rejected_mean),
+        ):
+            if value is not None:
+                table.add_row(f"mean {key} {preference.unit}", f"{value:.1f}")
+        if preference.unit == "tokens":
+            table.add_row("longer than max_seq_len", str(preference.too_long.count))
+        console.print(table)
     estimate = data.get("estimate")
     if estimate:
         table = Table(title="Estimate", show_header=False, title_justify="left")
@@ -95,8 +125,11 @@ def training_progress(console: Console) -> Iterator[Callable[[TrainProgress], No
 def render_eval_table(console: Console, report: EvalReport) -> None:
     from specialize.evaluate.table import Table as EvalTable
     from specialize.evaluate.table import (
+        catch_all_table,
         confidence_table,
         constraint_table,
+        learning_curve_table,
+        preference_table,
         skipped_lines,
         summary_table,
         worst_table,
@@ -114,7 +147,14 @@ def render_eval_table(console: Console, report: EvalReport) -> None:
     show(summary_table(report))
     for line in skipped_lines(report):
         console.print(Text(line, style="yellow"))
-    for table in (worst_table(report), confidence_table(report)):
+    tables = (
+        worst_table(report),
+        confidence_table(report),
+        catch_all_table(report),
+        learning_curve_table(report),
+        preference_table(report),
+    )
+    for table in tables:
         if table:
             show(table)
     constrained = constraint_table(report)

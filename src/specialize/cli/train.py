@@ -25,7 +25,9 @@ def train(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="Run config (YAML).")] = None,
     data: DataOpt = None,
     model: ModelOpt = None,
-    method: Annotated[str | None, typer.Option(help="lora (default), qlora (a 4-bit base) or full.")] = None,
+    method: Annotated[
+        str | None, typer.Option(help="lora (default), qlora (a 4-bit base), full, dpo or kto (preferences).")
+    ] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory, e.g. runs/NAME.")] = None,
     input_field: InputFieldOpt = None,
     output_field: OutputFieldOpt = None,

@@ -22,8 +22,8 @@ from pydantic import BaseModel, computed_field
 from specialize.constrain.describe import describe_contract, key_order_name, object_keys
 from specialize.constrain.infer import infer_contract
 from specialize.data.example import Example, Source
-from specialize.data.formats import FormatSpec, load_examples
-from specialize.data.load import Issue
+from specialize.data.formats import FormatSpec, load_examples, normalize
+from specialize.data.load import Issue, read_rows
 from specialize.data.near_duplicates import near_pairs
 from specialize.errors import ConstraintError
 from specialize.models.chat import render_prompt, render_reply
@@ -110,6 +110,23 @@ class ContractSummary(BaseModel):
     summary: list[str] = []  # describe_contract: one line per top-level key
 
 
+class PreferenceStats(BaseModel):
+    """Statistics of preference data (`data.preference`): what DPO or KTO would learn from."""
+
+    kind: str  # pairs (DPO) or unpaired (KTO)
+    pairs: int = 0
+    rated: int = 0  # unpaired replies with a thumbs up or down
+    desirable: int = 0
+    undesirable: int = 0
+    unique_prompts: int = 0
+    unique_prompt_share: float | None = None  # low: many judgments on few prompts
+    unit: str = "characters"  # of the means: tokens under the chat template when a tokenizer was given
+    prompt_mean: float | None = None
+    chosen_mean: float | None = None  # chosen side, or the rated reply
+    rejected_mean: float | None = None
+    too_long: SourceList = SourceList()
+
+
 class DataReport(BaseModel):
     files: list[str] = []
     format: str = ""
@@ -129,6 +146,7 @@ class DataReport(BaseModel):
     tokens: TokenStats | None = None  # None without a tokenizer
     estimate: Estimate | None = None
     contract: ContractSummary | None = None  # None when the replies admit no contract
+    preference: PreferenceStats | None = None  # set for preference data (DPO pairs, KTO ratings)
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -148,8 +166,27 @@ def check_files(
     tokens_per_second: float | None = None,
     price_per_hour: float = 0.0,
 ) -> DataReport:
-    """Load and check files; row problems land in the report, file-level ones raise `DataError`."""
-    train, issues, fmt = load_examples(train_path, spec)
+    """Load and check files; row problems land in the report, file-level ones raise `DataError`.
+
+    Preference data (pairs, or rated replies) is recognised by its keys and checked as such."""
+    # Imported here: the preference checks build on this module's report and helpers.
+    from specialize.data.preference import check_preference_rows, preference_format
+
+    rows, read_issues = read_rows(train_path)
+    pref = preference_format(rows)
+    if pref is not None:
+        return check_preference_rows(
+            rows,
+            read_issues,
+            pref,
+            spec,
+            test_path=test_path,
+            tokenizer=tokenizer,
+            max_seq_len=max_seq_len,
+            files=[str(p) for p in (train_path, test_path) if p is not None],
+        )
+    train, issues, fmt = normalize(rows, spec)
+    issues = read_issues + issues
     files = [str(train_path)]
     test = None
     if test_path is not None:

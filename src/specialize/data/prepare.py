@@ -17,7 +17,8 @@ from specialize.atomic import atomic_write_text
 from specialize.config import RunConfig
 from specialize.data.checks import DataReport, check_examples
 from specialize.data.example import Example
-from specialize.data.formats import FormatSpec, load_examples
+from specialize.data.formats import FormatSpec, normalize
+from specialize.data.load import read_rows
 from specialize.data.split import Splits, load_split, save_splits, split_examples
 from specialize.errors import ConfigError, DataError
 from specialize.run_dir import RunDir
@@ -37,9 +38,31 @@ def format_spec(config: RunConfig) -> FormatSpec:
     )
 
 
-def load_checked(path: str, spec: FormatSpec) -> tuple[list[Example], str]:
-    """Load one file; raise a DataError that lists its row errors, if it has any."""
-    examples, issues, fmt = load_examples(path, spec)
+def load_checked(path: str, spec: FormatSpec, *, preference: bool = False) -> tuple[list[Example], str]:
+    """Load one file; raise a DataError that lists its row errors, if it has any.
+
+    `preference` (DPO and KTO runs) reads pairs or rated replies (`data.preference`); otherwise a
+    preference file is refused, since read as supervised rows it would teach the rejected replies too.
+    """
+    from specialize.data.preference import normalize_preferences, preference_format
+
+    rows, issues = read_rows(path)
+    pref = preference_format(rows)
+    if preference:
+        if pref is None:
+            raise DataError(
+                f"{path}: method.kind dpo/kto needs preference rows ({{prompt, chosen, rejected}} or "
+                "{prompt, completion, label}); this file holds supervised examples"
+            )
+        parsed, more = normalize_preferences(rows, pref, spec)
+        examples, fmt = [row.to_example() for row in parsed], f"preference_{pref}"
+    elif pref is not None:
+        raise DataError(
+            f"{path}: this is preference data ({pref}); train it with method.kind: dpo (pairs) or kto"
+        )
+    else:
+        examples, more, fmt = normalize(rows, spec)
+    issues = issues + more
     errors = [str(i) for i in issues if i.severity == "error"]
     if errors:
         shown = "\n  ".join(errors[:MAX_ERRORS_SHOWN])
@@ -55,10 +78,11 @@ def prepare_splits(config: RunConfig, tokenizer: Any = None) -> tuple[Splits, Da
     if not d.train:
         raise ConfigError("no training data: set data.train in the config or pass --data")
     spec = format_spec(config)
-    train_rows, fmt = load_checked(d.train, spec)
+    preference = config.method.preference
+    train_rows, fmt = load_checked(d.train, spec, preference=preference)
     test_rows: list[Example] | None = None
     if d.test:
-        test_rows, _ = load_checked(d.test, spec)
+        test_rows, _ = load_checked(d.test, spec, preference=preference)
     splits = split_examples(
         train_rows,
         val_fraction=d.val_fraction,
@@ -72,6 +96,19 @@ def prepare_splits(config: RunConfig, tokenizer: Any = None) -> tuple[Splits, Da
     splits.test = _cap(splits.test, d.max_test_examples, config.seed + 2)
     if not splits.train:
         raise DataError(f"{d.train}: no training rows left after splitting")
+    if preference:
+        from specialize.data.preference import check_preferences, preference_row
+
+        rows = [r for e in splits.train if (r := preference_row(e)) is not None]
+        test_prefs = [r for e in splits.test if (r := preference_row(e)) is not None]
+        return splits, check_preferences(
+            rows,
+            fmt="pairs" if fmt == "preference_pairs" else "unpaired",
+            test=test_prefs or None,
+            tokenizer=tokenizer,
+            max_seq_len=config.model.max_seq_len,
+            files=[p for p in (d.train, d.test) if p],
+        )
     report = check_examples(
         splits.train,
         test=splits.test or None,

@@ -41,7 +41,7 @@ class RunRecord(BaseModel):
 
     base_model: BaseModelRecord | None = None  # every run training wrote has it; hand-made ones may not
     base_fingerprint: str | None = None
-    method: str = "lora"  # lora | qlora | full
+    method: str = "lora"  # lora | qlora | full | dpo | kto
     # The adapter flavour (config.MethodConfig.variant); runs from before variants were plain LoRA.
     variant: str = "lora"
     task: TaskKind | None = None
@@ -62,6 +62,15 @@ class RunRecord(BaseModel):
     trainable_parameters: int | None = None
     report_to: list[str] = Field(default_factory=list, description="Experiment trackers that got the logs.")
     finished_at: str | None = None
+    # Preference runs (method dpo | kto): the parent run whose adapter was the start and the
+    # reference (None: the base), TRL's beta and loss, and the last logged implicit-reward
+    # accuracy and margin (chosen minus rejected reward) on training batches.
+    from_run: str | None = None
+    beta: float | None = None
+    loss_type: str | None = None
+    reward_accuracy: float | None = None
+    reward_margin: float | None = None
+    examples_per_second: float | None = None
 
     @field_validator("output_contract", mode="before")
     @classmethod
