@@ -432,43 +432,36 @@ def _cli(*args: str) -> None:
 
 def _first_seen_contract(completions: list[str]):
     """The contract the inference before issue #13 gave (properties in first-seen order, no enums):
-    HEAD's contract.py if this tree still has git history for it, else None."""
+    contract.py as it was just before the commit that introduced `key_order`, if this tree has git
+    history for it, else None."""
     try:
+        fix = subprocess.run(
+            [
+                "git",
+                "-C",
+                str(ROOT),
+                "log",
+                "--reverse",
+                "--format=%H",
+                "-S",
+                "def key_order",
+                "--",
+                "src/specialize/constrain/contract.py",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        if not fix:
+            return None
         source = subprocess.run(
-            ["git", "-C", str(ROOT), "show", "HEAD~0:src/specialize/constrain/contract.py"],
+            ["git", "-C", str(ROOT), "show", f"{fix[0]}~1:src/specialize/constrain/contract.py"],
             capture_output=True,
             text=True,
             check=True,
         ).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
-    if "def key_order" in source:  # HEAD already holds the fix: nothing older to compare with
-        source = subprocess.run(
-            [
-                "git",
-                "-C",
-                str(ROOT),
-                "log",
-                "--format=%H",
-                "-n",
-                "30",
-                "--",
-                "src/specialize/constrain/contract.py",
-            ],
-            capture_output=True,
-            text=True,
-        ).stdout
-        for commit in source.split():
-            text = subprocess.run(
-                ["git", "-C", str(ROOT), "show", f"{commit}:src/specialize/constrain/contract.py"],
-                capture_output=True,
-                text=True,
-            ).stdout
-            if text and "def key_order" not in text:
-                source = text
-                break
-        else:
-            return None
     path = Path(tempfile.mkdtemp()) / "old_contract.py"
     path.write_text(source, encoding="utf-8")
     spec = importlib.util.spec_from_file_location("old_contract", path)
