@@ -16,10 +16,13 @@ from specialize.evaluate.calibration import (
     reliability_bins,
 )
 from specialize.evaluate.confidence import (
-    LABEL_CHUNK,
+    LabelTrie,
+    label_choice,
     label_probabilities,
     label_reply_ids,
+    normalise,
     reply_confidence,
+    trie_log_probs,
 )
 from specialize.models.chat import prompt_ids
 
@@ -41,8 +44,9 @@ def loaded(tiny_model_dir):
     return model
 
 
-def brute_force(loaded, messages, labels) -> np.ndarray:
-    """One whole forward pass per label over prompt + reply: the definition, computed slowly."""
+def brute_force_log_probs(loaded, messages, labels) -> np.ndarray:
+    """log P(reply | prompt), one whole forward pass per label over prompt + reply: the
+    definition, computed slowly."""
     import torch
 
     prompt = prompt_ids(loaded.tokenizer, messages)
@@ -53,12 +57,16 @@ def brute_force(loaded, messages, labels) -> np.ndarray:
         with torch.inference_mode():
             logp = torch.log_softmax(loaded.model(input_ids=ids).logits[0].float(), dim=-1)
         scores.append(sum(float(logp[len(prompt) - 1 + j, t]) for j, t in enumerate(reply)))
-    scores = np.array(scores)
+    return np.array(scores)
+
+
+def brute_force(loaded, messages, labels) -> np.ndarray:
+    scores = brute_force_log_probs(loaded, messages, labels)
     return np.exp(scores - np.logaddexp.reduce(scores))
 
 
 def test_batched_scorer_matches_one_forward_per_label(loaded):
-    probs = label_probabilities(loaded, CONVERSATIONS, LABELS)
+    probs = label_probabilities(loaded, CONVERSATIONS, LABELS, prune=0)
     assert probs.shape == (len(CONVERSATIONS), len(LABELS))
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
     for row, messages in enumerate(CONVERSATIONS):
@@ -67,20 +75,124 @@ def test_batched_scorer_matches_one_forward_per_label(loaded):
     assert probs.max() - probs.min() > 1e-3
 
 
+def test_sequence_log_probs_match_brute_force(loaded):
+    """On the log scale, so that labels with a tiny probability are checked as closely as the
+    likely one (a wrong tree mask moves them by whole nats)."""
+    trie = LabelTrie.build(LABELS, [label_reply_ids(loaded, CONVERSATIONS[0], label) for label in LABELS])
+    prompts = [prompt_ids(loaded.tokenizer, m) for m in CONVERSATIONS]
+    got = trie_log_probs(loaded.model, prompts, trie, loaded.tokenizer.pad_token_id, prune=0)
+    for row, messages in enumerate(CONVERSATIONS):
+        np.testing.assert_allclose(got[row], brute_force_log_probs(loaded, messages, LABELS), atol=1e-3)
+
+
 def test_reply_ends_at_end_of_turn(loaded):
     reply = label_reply_ids(loaded, CONVERSATIONS[0], "card")
     assert reply[-1] == loaded.tokenizer.eos_token_id and reply.count(loaded.tokenizer.eos_token_id) == 1
     assert loaded.tokenizer.decode(reply[:-1]) == "card"
 
 
-def test_more_labels_than_a_chunk(loaded, monkeypatch):
+def test_prompts_in_several_passes_and_of_different_lengths(loaded, monkeypatch):
     import specialize.evaluate.confidence as confidence
 
-    labels = [f"label {i}" for i in range(7)]
-    whole = label_probabilities(loaded, CONVERSATIONS[:1], labels)
-    monkeypatch.setattr(confidence, "LABEL_CHUNK", 3)
-    assert confidence.LABEL_CHUNK != LABEL_CHUNK
-    np.testing.assert_allclose(label_probabilities(loaded, CONVERSATIONS[:1], labels), whole, rtol=1e-5)
+    conversations = [*CONVERSATIONS, [{"role": "user", "content": "a much longer request " * 6}]]
+    whole = label_probabilities(loaded, conversations, LABELS, prune=0)
+    monkeypatch.setattr(confidence, "MAX_PROMPTS_PER_PASS", 1)
+    one_by_one = label_probabilities(loaded, conversations, LABELS, prune=0)
+    np.testing.assert_allclose(one_by_one, whole, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        np.log(whole[-1]), np.log(brute_force(loaded, conversations[-1], LABELS)), atol=1e-3
+    )
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_tree_mask_under_both_attention_kernels(tiny_model_dir, attention):
+    from transformers import AutoModelForCausalLM
+
+    from specialize.models.load import load_model
+
+    loaded = load_model(str(tiny_model_dir))
+    loaded.model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), attn_implementation=attention)
+    loaded.model.eval()
+    probs = label_probabilities(loaded, CONVERSATIONS[:2], LABELS, prune=0)
+    for row, messages in enumerate(CONVERSATIONS[:2]):
+        np.testing.assert_allclose(
+            np.log(probs[row]), np.log(brute_force(loaded, messages, LABELS)), atol=1e-3
+        )
+
+
+def test_second_pass_in_groups_under_a_small_logits_budget(loaded, monkeypatch):
+    import specialize.evaluate.confidence as confidence
+
+    whole = label_probabilities(loaded, CONVERSATIONS, LABELS, prune=0)
+    monkeypatch.setattr(confidence, "LOGITS_BUDGET_BYTES", 1)  # one row per group
+    np.testing.assert_allclose(label_probabilities(loaded, CONVERSATIONS, LABELS, prune=0), whole, rtol=1e-5)
+
+
+def test_pruning_stays_within_its_bound_and_runs_fewer_nodes(loaded, monkeypatch):
+    """Left-out labels get their first token's probability (an upper bound of their own), and a
+    row where those bounds could move a probability by more than prune is scored in full.
+
+    The random model is made to answer like a trained one: a bias on the tokens of
+    "card_arrival" puts almost all the first-token mass on "card"."""
+    trie = LabelTrie.build(LABELS, [label_reply_ids(loaded, CONVERSATIONS[0], label) for label in LABELS])
+    prompts = [prompt_ids(loaded.tokenizer, m) for m in CONVERSATIONS]
+    pad = loaded.tokenizer.pad_token_id
+    fed = []
+    inner = loaded.model.forward
+    boosted = label_reply_ids(loaded, CONVERSATIONS[0], "card_arrival")
+
+    def trained(*args, **kwargs):
+        fed.append(kwargs["input_ids"].shape)
+        out = inner(*args, **kwargs)
+        out.logits[..., boosted] += 12.0
+        return out
+
+    monkeypatch.setattr(loaded.model, "forward", trained)
+    exact = trie_log_probs(loaded.model, prompts, trie, pad, prune=0)
+    for prune in (1e-6, 1e-3, 0.3):
+        fed.clear()
+        pruned = trie_log_probs(loaded.model, prompts, trie, pad, prune=prune)
+        assert (np.abs(normalise(pruned) - normalise(exact)) <= prune + 1e-9).all()
+        assert (pruned >= exact - 1e-4).all()  # upper bounds where left out, equal elsewhere
+    # Two passes, no rescoring, and the second ran only the "card" subtree's nodes.
+    card = [n for n in trie.expanded if trie.paths[0][0] in (n, trie.parents[n]) or n in trie.paths[1]]
+    assert len(fed) == 2 and fed[1][1] == len(card) < len(trie.expanded)
+
+
+def test_a_model_that_rarely_answers_a_label_is_scored_in_full(loaded):
+    """The random model gives the labels almost no probability: pruning could not bound the error
+    there, so every row is scored again without it (and equals the exact scores)."""
+    trie = LabelTrie.build(LABELS, [label_reply_ids(loaded, CONVERSATIONS[0], label) for label in LABELS])
+    prompts = [prompt_ids(loaded.tokenizer, m) for m in CONVERSATIONS]
+    pad = loaded.tokenizer.pad_token_id
+    np.testing.assert_allclose(
+        trie_log_probs(loaded.model, prompts, trie, pad, prune=0.3),
+        trie_log_probs(loaded.model, prompts, trie, pad, prune=0),
+        atol=1e-5,
+    )
+
+
+def test_trie_shares_prefixes():
+    trie = LabelTrie.build(["a", "ab", "b"], [[5, 9], [5, 6, 9], [7, 9]])
+    # 5 is shared by "a" and "ab": 6 nodes, not 7; only nodes with children need logits.
+    assert trie.tokens == (5, 9, 6, 9, 7, 9)
+    assert trie.parents == (-1, 0, 0, 2, -1, 4)
+    assert trie.depths == (0, 1, 1, 2, 0, 1)
+    assert trie.paths == ((0, 1), (0, 2, 3), (4, 5))
+    assert trie.expanded == (0, 2, 4)
+    with pytest.raises(ValueError, match="empty reply"):
+        LabelTrie.build(["a"], [[]])
+
+
+def test_label_choice_names_the_reply_and_the_runners_up():
+    probs = np.array([0.1, 0.6, 0.25, 0.05])
+    labels = ["a", "b", "c", "d"]
+    choice = label_choice(probs, labels, "c", top=2)
+    assert choice.label == "c" and choice.probability == 0.25
+    assert choice.alternatives == (("b", 0.6), ("a", 0.1))
+    none = label_choice(probs, labels, None, top=2)
+    assert none.label is None and none.probability is None and none.alternatives[0] == ("b", 0.6)
+    assert none.to_dict()["alternatives"][0] == {"label": "b", "probability": 0.6}
 
 
 def test_scorer_bad_input(loaded):

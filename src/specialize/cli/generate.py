@@ -16,22 +16,43 @@ def generate(
     text: Annotated[list[str], typer.Argument(help="One or more requests.")],
     max_new_tokens: Annotated[int, typer.Option(help="Longest reply.")] = 64,
     free: FreeOpt = False,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="One JSON object per request: reply, confidence, alternatives."),
+    ] = False,
+    abstain_below: Annotated[
+        str | None,
+        typer.Option(
+            help="Label replies less confident than P answer the fallback label; "
+            "'recommended': the run's threshold from its evaluation."
+        ),
+    ] = None,
+    fallback_label: Annotated[
+        str | None,
+        typer.Option(help="What an abstaining reply says; default: the catch-all label, else 'unknown'."),
+    ] = None,
 ) -> None:
     """Answer requests with the fine-tuned model (base + adapter), under the run's output contract."""
     quiet_libraries()
-    from specialize.inference import generate as run_generate
+    import json
+
+    from specialize.evaluate.answers import answer
     from specialize.inference import load_run
 
     trained = load_run(run)
     contract = None if free else _announced_contract(trained)
-    replies = run_generate(
-        trained.loaded,
-        [trained.messages_for(t) for t in text],
+    answers = answer(
+        trained,
+        text,
         max_new_tokens=max_new_tokens,
-        constraint=contract,
+        contract=contract,
+        with_confidence=as_json,
+        abstain_below=abstain_below,
+        fallback_label=fallback_label,
     )
-    for reply in replies:
-        console.print(reply.text, highlight=False, markup=False)
+    for reply in answers:
+        shown = json.dumps(reply.to_dict(), ensure_ascii=False) if as_json else reply.served
+        console.print(shown, highlight=False, markup=False, soft_wrap=True)
 
 
 @user_errors

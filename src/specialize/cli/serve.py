@@ -53,6 +53,17 @@ def serve(
         typer.Option("--log-hashes-only", help="Log sha256 hashes of prompts and completions, not the text."),
     ] = False,
     threads: Annotated[int | None, typer.Option(help="torch threads; default: all cores.")] = None,
+    abstain_below: Annotated[
+        str | None,
+        typer.Option(
+            help="Label replies less confident than P answer the fallback label (the choice says "
+            "abstained); 'recommended': each adapter's threshold from its run's evaluation."
+        ),
+    ] = None,
+    fallback_label: Annotated[
+        str | None,
+        typer.Option(help="What an abstaining reply says; default: the catch-all label, else 'unknown'."),
+    ] = None,
 ) -> None:
     """Serve the base model and its adapters over HTTP, OpenAI-compatible (Ctrl-C stops cleanly)."""
     quiet_libraries()
@@ -79,6 +90,8 @@ def serve(
         request_log_path=request_log,
         log_text=not hashes_only,
         threads=threads,
+        abstain_below=abstain_below,
+        fallback_label=fallback_label,
     )
 
     def ready(server: ModelServer) -> None:

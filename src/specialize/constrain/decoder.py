@@ -154,6 +154,19 @@ def _ll_tokenizer(tokenizer: Any, eos: tuple[int, ...]) -> Any:
     return per_tokenizer[eos]
 
 
+def token_bytes(tokenizer: Any, eos: Sequence[int], token_ids: Sequence[int]) -> list[bytes]:
+    """Each token's own bytes (a byte-level token may hold half a UTF-8 character), from the same
+    table the constraints use; a special token is its name, as the tokenizer spells it."""
+    ll = _ll_tokenizer(tokenizer, tuple(sorted(eos)))
+    out = []
+    for token in token_ids:
+        if ll.is_special_token(token):
+            out.append(str(tokenizer.convert_ids_to_tokens(int(token))).encode("utf-8"))
+        else:
+            out.append(ll.decode_bytes([int(token)]))
+    return out
+
+
 def mask_logits(states: Sequence[ConstraintState | None], logits: Any) -> Any:
     """Set the logits of tokens each row's state does not allow to -inf, in place; rows whose state
     is None are left free. `logits` is a [batch, vocab] tensor, possibly wider than the tokenizer's

@@ -101,6 +101,7 @@ def create_app(
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
+        server.follow_registry()  # show the current versions after a promote or rollback
         cards = [server.model_card(None)] + [server.model_card(r) for _, r in sorted(server.served.items())]
         return {"object": "list", "data": cards}
 

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from specialize.constrain.contract import OutputContract
 from specialize.constrain.decoder import Constraint, compile_constraint, mask_logits
 from specialize.errors import SpecializeError
+from specialize.evaluate.confidence import normalise, trie_log_probs
 from specialize.registry.store import AdapterRecord
 from specialize.serve.adapters import ResidentAdapters
 from specialize.serve.requests import (
@@ -47,6 +48,7 @@ from specialize.serve.requests import (
     RequestHandle,
     RunningRow,
     SamplingParams,
+    TokenLogprob,
 )
 
 log = logging.getLogger(__name__)
@@ -253,10 +255,10 @@ class Engine:
             logits_to_keep=1,
         )
         self.prefills += 1
-        tokens = self._sample(out.logits[:, -1, :], rows)
+        tokens, logprobs = self._sample(out.logits[:, -1, :], rows)
         keep = []
         for i, (row, token) in enumerate(zip(rows, tokens, strict=True)):
-            if row.accept(token, self.tokenizer, self.eos_ids):
+            if row.accept(token, self.tokenizer, self.eos_ids, logprobs[i]):
                 self._finish(row)
             else:
                 keep.append(i)
@@ -309,14 +311,14 @@ class Engine:
         self.steps += 1
         self.step_rows += len(rows)
         self.generated_tokens += len(rows)
-        tokens = self._sample(out.logits[:, -1, :], rows)
+        tokens, logprobs = self._sample(out.logits[:, -1, :], rows)
         keep = []
         for i, (row, token) in enumerate(zip(rows, tokens, strict=True)):
             row.position += 1
             if row.handle.cancelled:
                 row.finish_reason = "cancelled"
                 self._finish(row)
-            elif row.accept(token, self.tokenizer, self.eos_ids):
+            elif row.accept(token, self.tokenizer, self.eos_ids, logprobs[i]):
                 self._finish(row)
             else:
                 keep.append(i)
@@ -335,8 +337,14 @@ class Engine:
             _trim_left(self._cache, first)
             self._mask = self._mask[:, first:]
 
-    def _sample(self, logits: torch.Tensor, rows: list[RunningRow]) -> list[int]:
+    def _sample(
+        self, logits: torch.Tensor, rows: list[RunningRow]
+    ) -> tuple[list[int], list[TokenLogprob | None]]:
+        """Each row's next token, and its log-probability where the request asked for them."""
         logits = logits.float()
+        wanted = [i for i, row in enumerate(rows) if row.handle.params.logprobs is not None]
+        # The model's own distribution, before the constraint mask changes the logits in place.
+        logp = torch.log_softmax(logits[wanted], dim=-1) if wanted else None
         states = [row.state for row in rows]
         if any(state is not None for state in states):
             mask_logits(states, logits)  # in place, constrained rows only
@@ -345,12 +353,18 @@ class Engine:
             params = row.handle.params
             if params.temperature > 0:
                 chosen[i] = _sample_row(logits[i], params.temperature, params.top_p, row.generator)
-        return chosen
+        found: list[TokenLogprob | None] = [None] * len(rows)
+        if logp is not None:
+            for n, i in enumerate(wanted):
+                found[i] = _token_logprob(logp[n], chosen[i], rows[i].handle.params.logprobs or 0)
+        return chosen, found
 
     def _finish(self, row: RunningRow) -> None:
         if row.key is not None:
             self.adapters.release(row.key)
         handle = row.handle
+        scored = handle.params.labels is not None and row.finish_reason != "cancelled"
+        labels = self._label_probabilities(row) if scored else None
         now = time.perf_counter()
         handle.emit(
             "done",
@@ -363,8 +377,23 @@ class Engine:
                 queued_seconds=(handle.admitted or now) - handle.submitted,
                 first_token_seconds=(handle.first_token - handle.submitted) if handle.first_token else None,
                 total_seconds=now - handle.submitted,
+                logprobs=list(row.logprobs) if row.logprobs is not None else None,
+                label_probabilities=labels,
             ),
         )
+
+    def _label_probabilities(self, row: RunningRow) -> list[float] | None:
+        """Every label of the request's trie scored as a whole reply after its prompt, with the
+        row's adapter (still pinned): one forward pass, outside the running batch's cache."""
+        trie = row.handle.params.labels
+        assert trie is not None
+        try:
+            self.adapters.route([row.slot])
+            scores = trie_log_probs(self.model, [row.handle.prompt_ids], trie, self.pad_id)
+        except Exception:  # the reply stands without its distribution
+            log.exception("request %d: scoring its labels failed", row.handle.id)
+            return None
+        return [float(p) for p in normalise(scores)[0]]
 
     def _fail_rows(self, rows: list[RunningRow], exc: BaseException) -> None:
         for row in rows:
@@ -396,6 +425,13 @@ class Engine:
                 f"{type(self.model).__name__} uses a KV cache without plain full-attention layers "
                 "(sliding window or recurrent); the batching server does not support it yet"
             )
+
+
+def _token_logprob(logp: torch.Tensor, token: int, top: int) -> TokenLogprob:
+    """The chosen token's log-probability and the `top` most likely tokens, most likely first."""
+    best = torch.topk(logp, top) if top > 0 else None
+    pairs = tuple(zip(best.indices.tolist(), best.values.tolist(), strict=True)) if best is not None else ()
+    return TokenLogprob(token, float(logp[token]), pairs)
 
 
 def _sample_row(logits: torch.Tensor, temperature: float, top_p: float, generator: Any) -> int:

@@ -4,9 +4,11 @@ the server, so that a limit is named and checked in one place."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from specialize.evaluate.abstention import parse_threshold
 from specialize.models.bundled import DEFAULT_MODEL
 from specialize.registry.store import data_home
 
@@ -42,6 +44,19 @@ class ServeOptions(BaseModel):
     request_log_path: Path | None = Field(None, description="Default: $SPECIALIZE_HOME/requests.sqlite.")
     log_text: bool = Field(True, description="Keep prompt and completion text; False keeps only hashes.")
     threads: int | None = Field(None, ge=1, description="torch threads; default: all cores.")
+    abstain_below: float | Literal["recommended"] | None = Field(
+        None,
+        description="Label replies less confident than this answer the fallback label instead; "
+        "'recommended': each adapter's threshold from its run's evaluation.",
+    )
+    fallback_label: str | None = Field(
+        None, description="What an abstaining reply says; default: the catch-all label, else 'unknown'."
+    )
+
+    @field_validator("abstain_below", mode="before")
+    @classmethod
+    def _threshold(cls, value: Any) -> Any:
+        return parse_threshold(value)
 
 
 def default_request_log_path() -> Path:

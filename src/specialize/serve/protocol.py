@@ -2,10 +2,11 @@
 shapes of what they send back (whole responses, server-sent-event chunks, usage).
 
 Request models ignore fields they do not know, as OpenAI clients send many; a known field that
-would change the result and is not supported (n > 1, logprobs, tools, ...) is refused by
+would change the result and is not supported (n > 1, tools, ...) is refused by
 `unsupported()` rather than silently dropped. Responses keep OpenAI's key order and its nulls
 (`logprobs: null`, `usage: null` on stream chunks when usage was asked for) because some clients
-check for the keys, not only their values.
+check for the keys, not only their values. `logprobs` are filled when asked for (their shapes:
+`serve.logprobs`), and choices may carry that module's documented extension fields.
 """
 
 from __future__ import annotations
@@ -72,6 +73,10 @@ class SamplingBody(_Lenient):
     # by specialize.constrain.contract_from_response_format, hence Any. None: the adapter's default.
     response_format: Any = None
 
+    def top_logprobs_wanted(self) -> int | None:
+        """How many alternatives per token the response lists (None: no logprobs at all)."""
+        return None
+
     def unsupported(self) -> tuple[str, str] | None:
         """(param, message) of the first field this server cannot honour, or None."""
         if self.n != 1:
@@ -98,11 +103,15 @@ class ChatCompletionRequest(SamplingBody):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
     tools: list[Any] | None = None
 
+    def top_logprobs_wanted(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
     def unsupported(self) -> tuple[str, str] | None:
-        if self.logprobs:
-            return "logprobs", "logprobs are not supported"
+        if self.top_logprobs is not None and not self.logprobs:
+            return "top_logprobs", "top_logprobs needs logprobs: true"
         if self.tools:
             return "tools", "tool calling is not supported"
         return super().unsupported()
@@ -112,16 +121,17 @@ class CompletionRequest(SamplingBody):
     prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool = False
     best_of: int | None = None
-    logprobs: int | None = None
+    logprobs: int | None = Field(None, ge=0, le=5)
     suffix: str | None = None
+
+    def top_logprobs_wanted(self) -> int | None:
+        return self.logprobs
 
     def unsupported(self) -> tuple[str, str] | None:
         if self.echo:
             return "echo", "echo is not supported"
         if self.best_of not in (None, 1):
             return "best_of", "best_of is not supported"
-        if self.logprobs:
-            return "logprobs", "logprobs are not supported"
         if self.suffix:
             return "suffix", "suffix is not supported"
         return super().unsupported()
@@ -177,32 +187,51 @@ class Reply:
             "system_fingerprint": self.system_fingerprint,
         }
 
-    def response(self, done: Completion) -> dict[str, Any]:
-        """The whole (non-streamed) response."""
+    def response(
+        self,
+        done: Completion,
+        *,
+        content: str | None = None,
+        logprobs: dict[str, Any] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The whole (non-streamed) response; `content` replaces the generated text (a fallback
+        label), `extra` adds extension fields to the choice."""
         choice: dict[str, Any]
+        text = done.text if content is None else content
         if self.chat:
             choice = {
                 "index": 0,
-                "message": {"role": "assistant", "content": done.text},
+                "message": {"role": "assistant", "content": text},
                 "finish_reason": finish_reason(done),
-                "logprobs": None,
+                "logprobs": logprobs,
             }
         else:
-            choice = {"index": 0, "text": done.text, "finish_reason": finish_reason(done), "logprobs": None}
+            choice = {"index": 0, "text": text, "finish_reason": finish_reason(done), "logprobs": logprobs}
+        choice.update(extra or {})
         head = self._head("chat.completion" if self.chat else "text_completion")
         return {**head, "choices": [choice], "usage": usage(done)}
 
-    def chunk(self, text: str | None, finish: str | None, *, first: bool = False) -> str:
-        """One stream event: a piece of text, or the finish reason. A chat stream's `first` chunk
-        carries the assistant role and empty content, as OpenAI's does."""
+    def chunk(
+        self,
+        text: str | None,
+        finish: str | None,
+        *,
+        first: bool = False,
+        logprobs: dict[str, Any] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> str:
+        """One stream event: a piece of text (with its tokens' `logprobs`), or the finish reason.
+        A chat stream's `first` chunk carries the assistant role and empty content, as OpenAI's does."""
         choice: dict[str, Any]
         if self.chat:
             delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else {}
             if text:
                 delta["content"] = text
-            choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+            choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}
         else:
-            choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
+            choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": logprobs}
+        choice.update(extra or {})
         body = {**self._stream_head(), "choices": [choice]}
         if self.include_usage:
             body["usage"] = None

@@ -21,11 +21,15 @@ import torch
 
 from specialize.constrain.decoder import Constraint, ConstraintState
 from specialize.errors import SpecializeError
+from specialize.evaluate.confidence import LabelTrie
 from specialize.registry.store import AdapterRecord
 
 log = logging.getLogger(__name__)
 
-Event = tuple[str, Any]  # ("delta", str) | ("done", Completion) | ("error", BaseException)
+# ("delta", str) | ("logprobs", list[TokenLogprob]) | ("done", Completion) | ("error", BaseException).
+# A "logprobs" event (only when the request asked for them) comes right before the "delta" whose
+# text those tokens produced; tokens whose text is still held back come with a later one.
+Event = tuple[str, Any]
 _ids = itertools.count(1)
 
 
@@ -47,6 +51,21 @@ class SamplingParams:
     ignore_eos: bool = False  # generate exactly max_tokens (benchmarks), as vLLM's extension
     # Every token is chosen under this mask (one label, JSON under a schema); from `Engine.compile`.
     constraint: Constraint | None = None
+    # Log-probabilities of each chosen token plus this many most likely alternatives (None: off).
+    # They are the model's own, from the logits before any constraint mask, as vLLM reports them.
+    logprobs: int | None = None
+    # Score every label of this trie as a whole reply when the request finishes (the label
+    # distribution of a reply under a label contract; `evaluate.confidence`).
+    labels: LabelTrie | None = None
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token: its log-probability and the `top` most likely tokens at that step."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass
@@ -59,6 +78,10 @@ class Completion:
     queued_seconds: float
     first_token_seconds: float | None
     total_seconds: float
+    # Per reply token (the end-of-turn token excluded), when the request asked for logprobs.
+    logprobs: list[TokenLogprob] | None = None
+    # P(label) for each label of `SamplingParams.labels`, normalised, in the trie's label order.
+    label_probabilities: list[float] | None = None
 
 
 class RequestHandle:
@@ -127,15 +150,21 @@ class RunningRow:
         self.text = ""
         self.emitted = 0
         self.finish_reason: str | None = None
+        self.logprobs: list[TokenLogprob] | None = [] if handle.params.logprobs is not None else None
+        self.logprobs_sent = 0
         seed = handle.params.seed if handle.params.seed is not None else secrets.randbits(63)
         self.generator = torch.Generator().manual_seed(seed) if handle.params.temperature > 0 else None
         constraint = handle.params.constraint
         self.state: ConstraintState | None = constraint.start() if constraint is not None else None
 
-    def accept(self, token: int, tokenizer: Any, eos_ids: frozenset[int]) -> bool:
+    def accept(
+        self, token: int, tokenizer: Any, eos_ids: frozenset[int], logprob: TokenLogprob | None = None
+    ) -> bool:
         """Record a sampled token, stream the new text, and say whether the request is done."""
         params = self.handle.params
         self.tokens.append(token)
+        if self.logprobs is not None and logprob is not None:
+            self.logprobs.append(logprob)
         self.pending = token
         if self.handle.first_token is None:
             self.handle.first_token = time.perf_counter()
@@ -143,6 +172,8 @@ class RunningRow:
         text_tokens = self.tokens
         if token in eos_ids and not params.ignore_eos:
             reason, text_tokens = "stop", self.tokens[:-1]
+            if self.logprobs:  # the end-of-turn is not part of the reply's content
+                self.logprobs.pop()
         state = self.state
         if state is not None:
             if not state.advance(token):  # cannot happen under the mask; the state now allows only EOS
@@ -164,6 +195,9 @@ class RunningRow:
         self.text = text
         safe = len(text) if reason else len(text) - holdback(text, params.stop)
         if safe > self.emitted:
+            if self.logprobs is not None and len(self.logprobs) > self.logprobs_sent:
+                self.handle.emit("logprobs", self.logprobs[self.logprobs_sent :])
+                self.logprobs_sent = len(self.logprobs)
             self.handle.emit("delta", text[self.emitted : safe])
             self.emitted = safe
         self.finish_reason = reason

@@ -23,6 +23,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from specialize.constrain import NONE, OutputContract, contract_from_response_format
 from specialize.errors import ConstraintError, DataError, RunError, SpecializeError
+from specialize.evaluate.abstention import Abstention
+from specialize.evaluate.confidence import LabelTrie
 from specialize.models.chat import render_prompt
 from specialize.models.load import load_model
 from specialize.models.registry import weights_fingerprint
@@ -31,6 +33,7 @@ from specialize.registry.store import AdapterRecord, AdapterRegistry, check_comp
 from specialize.serve.adapters import ResidentAdapters
 from specialize.serve.engine import Engine
 from specialize.serve.errors import APIError, error_body
+from specialize.serve.logprobs import Annotation, TokenSpeller, adapter_abstention
 from specialize.serve.metrics import ServerMetrics
 from specialize.serve.options import ServeOptions, default_request_log_path
 from specialize.serve.protocol import (
@@ -72,6 +75,7 @@ class _Context:
     arrived: float
     reply: Reply
     constraint: str = "none"  # the kind of output contract applied
+    annotation: Annotation | None = None  # logprobs, label distribution, abstention
 
     @property
     def model(self) -> str:
@@ -111,9 +115,14 @@ class ModelServer:
             max_batch=options.max_batch,
             max_queue=options.max_queue,
         )
-        self.served: dict[str, AdapterRecord] = {}
+        self.served: dict[str, AdapterRecord] = {}  # name -> its current version
+        self._versions: dict[str, AdapterRecord] = {}  # "NAME@vN" -> that version, once asked for
+        self._stamp = self._registry_stamp()
         self.skipped: list[str] = []
         self._adapter_contracts: dict[str, OutputContract] = {}  # by AdapterRecord.key
+        self._abstentions: dict[str, Abstention | None] = {}  # by AdapterRecord.key
+        self._tries: dict[tuple[str, ...], LabelTrie] = {}  # label contracts' replies as token tries
+        self._speller = TokenSpeller(self.tokenizer, sorted(self.engine.eos_ids))
         self._select_adapters(options.adapters)
         self.metrics = ServerMetrics(self.engine, self.resident, lambda: len(self.served))
         self.request_log = None
@@ -125,7 +134,7 @@ class ModelServer:
 
     def _select_adapters(self, names: list[str] | None) -> None:
         if names is None:
-            for record in self.registry.list():
+            for record in self.registry.current_all():
                 try:
                     self._check_servable(record)
                 except SpecializeError as exc:
@@ -135,7 +144,7 @@ class ModelServer:
                 self.served[record.name] = record
         else:
             for name in names:
-                record = self.registry.get(check_name(name))
+                record = self.registry.current(check_name(name))
                 self._check_servable(record)
                 self.served[record.name] = record
         for record in self.served.values():
@@ -191,11 +200,43 @@ class ModelServer:
         except DataError as exc:
             raise APIError(503, str(exc)) from None
 
+    def _registry_stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.registry.stamp_path.stat()
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def follow_registry(self) -> None:
+        """Serve each name's current version: when `adapters promote` / `rollback` (or `retrain`)
+        switched one, the registry's stamp file changed, and the pointer is read again. Called at
+        request admission; a stat when nothing changed. Requests admitted before hold their own
+        record (and its pinned adapter slot), so they finish on the version they started on."""
+        stamp = self._registry_stamp()
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        for name, served in list(self.served.items()):
+            try:
+                record = self.registry.current(name)
+                self._check_servable(record)
+            except SpecializeError as exc:
+                log.warning("adapter %s: keeping v%d: %s", name, served.version, exc)
+                continue
+            if record.key != served.key:
+                self.served[name] = record
+                log.info("adapter %s: now serving v%d (was v%d)", name, record.version, served.version)
+
     def resolve(self, model: str) -> AdapterRecord | None:
-        """The served adapter a request's `model` names; None for the base model."""
+        """The served adapter a request's `model` names (`NAME`: its current version, `NAME@vN`:
+        that version); None for the base model."""
         if model in self.base_aliases:
             return None
+        self.follow_registry()
+        name, _, version = model.rpartition("@v")
         record = self.served.get(model)
+        if record is None and name in self.served and version.isdigit():
+            record = self._version(name, int(version))
         if record is None:
             known = ", ".join([self.base_id, *sorted(self.served)][:20])
             raise APIError(
@@ -205,6 +246,19 @@ class ModelServer:
                 code="model_not_found",
             )
         return record
+
+    def _version(self, name: str, version: int) -> AdapterRecord | None:
+        key = f"{name}@v{version}"
+        if key not in self._versions:
+            try:
+                record = self.registry.get(name, version)
+                self._check_servable(record)
+            except AdapterNotFoundError:
+                return None
+            except SpecializeError as exc:
+                raise APIError(400, str(exc), param="model", code="invalid_adapter") from None
+            self._versions[key] = record
+        return self._versions[key]
 
     def model_card(self, record: AdapterRecord | None) -> dict[str, Any]:
         if record is None:
@@ -298,6 +352,7 @@ class ModelServer:
                 constraint = await asyncio.to_thread(self._compile, contract, body.response_format is None)
                 params = dataclasses.replace(params, constraint=constraint)
             ctx.constraint = contract.kind
+            params, ctx.annotation = self._annotate(body, adapter, contract, params)
         except APIError as exc:
             self._record(ctx, exc.status, None)
             raise
@@ -305,7 +360,7 @@ class ModelServer:
         events: asyncio.Queue = asyncio.Queue()
 
         def on_event(event: tuple[str, Any]) -> None:
-            if body.stream or event[0] != "delta":
+            if body.stream or event[0] in ("done", "error"):
                 loop.call_soon_threadsafe(events.put_nowait, event)
 
         try:
@@ -333,7 +388,48 @@ class ModelServer:
             self._record(ctx, 500, None)
             raise APIError(500, f"generation failed: {payload}")
         self._record(ctx, 200, payload)
-        return JSONResponse(reply.response(payload), headers=ctx.headers)
+        content, logprobs, extra = ctx.annotation.finish(payload) if ctx.annotation else (None, None, None)
+        return JSONResponse(
+            reply.response(payload, content=content, logprobs=logprobs, extra=extra), headers=ctx.headers
+        )
+
+    def _annotate(
+        self,
+        body: SamplingBody,
+        adapter: AdapterRecord | None,
+        contract: OutputContract,
+        params: SamplingParams,
+    ) -> tuple[SamplingParams, Annotation]:
+        """Logprobs when asked for; under the adapter's label contract, the label distribution
+        (when logprobs are asked for, or the server abstains) and the abstention (`serve.logprobs`)."""
+        top = body.top_logprobs_wanted()
+        labels = contract.labels if contract.kind == "labels" else None
+        abstention = None
+        if labels and adapter is not None and body.response_format is None:
+            if adapter.key not in self._abstentions:
+                self._abstentions[adapter.key] = adapter_abstention(
+                    adapter.run_dir or adapter.source,
+                    labels,
+                    self.options.abstain_below,
+                    self.options.fallback_label,
+                )
+            abstention = self._abstentions[adapter.key]
+        scored = labels if labels and (top is not None or abstention is not None) else None
+        trie = None
+        if scored:
+            trie = self._tries.get(scored)
+            if trie is None:
+                trie = self._tries[scored] = LabelTrie.for_model(
+                    self.tokenizer, sorted(self.engine.eos_ids), scored
+                )
+        annotation = Annotation(
+            chat=isinstance(body, ChatCompletionRequest),
+            speller=self._speller,
+            top=top,
+            labels=scored,
+            abstention=abstention if scored else None,
+        )
+        return dataclasses.replace(params, logprobs=top, labels=trie), annotation
 
     def _contract(self, body: SamplingBody, adapter: AdapterRecord | None) -> OutputContract:
         """The request's response_format if it has one, else the adapter's default contract: the
@@ -430,18 +526,33 @@ class ModelServer:
 
     async def _stream(self, ctx: _Context, handle: RequestHandle, events: asyncio.Queue):
         reply = ctx.reply
+        ann = ctx.annotation
         finished = False
+        pending = None  # the logprobs of the next delta's tokens
         try:
             if reply.chat:
                 yield reply.chunk(None, None, first=True)
             while True:
                 kind, payload = await events.get()
-                if kind == "delta":
-                    yield reply.chunk(payload, None)
+                if kind == "logprobs":
+                    pending = payload
+                elif kind == "delta":
+                    if ann is None:
+                        yield reply.chunk(payload, None)
+                    elif not ann.holds_text:
+                        yield reply.chunk(payload, None, logprobs=ann.logprobs(pending, payload))
+                    pending = None
                 elif kind == "done":
                     finished = True
                     self._record(ctx, 200, payload)
-                    yield reply.chunk(None, finish_reason(payload))
+                    if ann is None:
+                        yield reply.chunk(None, finish_reason(payload))
+                    else:
+                        content, logprobs, extra = ann.finish(payload)
+                        if ann.holds_text:
+                            yield reply.chunk(content, None, logprobs=logprobs)
+                            logprobs = None
+                        yield reply.chunk(None, finish_reason(payload), logprobs=logprobs, extra=extra)
                     if reply.include_usage:
                         yield reply.usage_chunk(payload)
                     yield SSE_END

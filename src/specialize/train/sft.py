@@ -48,12 +48,20 @@ def train(
     *,
     resume: bool = False,
     progress: Callable[[TrainProgress], None] | None = None,
+    prepared: tuple[Any, Any] | None = None,
 ) -> TrainResult:
     """Fine-tune `config.model.base` on `config.data` into the run directory `out`.
+
+    `prepared` (Splits, DataReport) trains on those rows instead of reading config.data: the
+    learning curve (`evaluate.subsets`) trains nested subsets of a run's own split this way.
 
     With `resume=True` the run's own saved config and splits are used and training continues
     from its last checkpoint; otherwise `out` must not exist yet (or be empty).
     """
+    if _is_preference(config, Path(out), resume):
+        from specialize.train.preference import train_preference
+
+        return train_preference(config, out, resume=resume, progress=progress)
     import torch
     from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainingArguments, set_seed
 
@@ -78,7 +86,12 @@ def train(
     else:
         loaded = load_model(config.model.base, dtype=dtype)
     tokenizer = loaded.tokenizer
-    splits, report = (read_splits(run), None) if resume else prepare_splits(config, tokenizer)
+    if resume:
+        splits, report = read_splits(run), None
+    elif prepared is not None:  # a learning-curve subset: the parent run's rows, not config.data's
+        splits, report = prepared
+    else:
+        splits, report = prepare_splits(config, tokenizer)
     completions = [e.completion or "" for e in splits.train]
     # Resolved before anything is written: a bad output schema must not cost a training run.
     contract = training_contract(config.data.output_schema, completions)
@@ -194,6 +207,14 @@ def train(
     return TrainResult(run=run, record=record)
 
 
+def _is_preference(config: RunConfig, out: Path, resume: bool) -> bool:
+    """dpo and kto runs train in `train.preference`; on --resume the run's saved config decides."""
+    run = RunDir(out)
+    if resume and run.config_file.is_file():
+        return run.config().method.preference
+    return config.method.preference
+
+
 def _autocast_lora_inputs(model: Any, bf16: bool) -> Any:
     """Under bf16 autocast, PEFT's cast of every LoRA layer's input to the fp32 adapter dtype is
     wasted: autocast casts it back to bf16 for the matmul, and the fp32 copy of every input costs
@@ -272,7 +293,7 @@ def _prepare_model(model: Any, config: RunConfig) -> Any:
     method = config.method
     if not method.adapter:
         return model
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model, prepare_model_for_kbit_training
 
     if method.kind == "qlora":
         # PEFT's recipe for a k-bit base: the remaining non-quantised weights (norms, embeddings)
@@ -280,7 +301,15 @@ def _prepare_model(model: Any, config: RunConfig) -> Any:
         # model (SmolLM2-135M: the fp32 embedding is 108 of its 159 MiB of frozen weights). No gradient
         # checkpointing: no other method uses it here.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    lora = LoraConfig(
+    return get_peft_model(model, lora_config(method))
+
+
+def lora_config(method: Any) -> Any:
+    """PEFT's LoraConfig for a `config.MethodConfig`: rank, scaling, targets and variant (shared
+    with preference tuning, whose new adapters are the same kind of LoRA)."""
+    from peft import LoraConfig
+
+    return LoraConfig(
         r=method.lora_r,
         lora_alpha=method.lora_alpha,
         lora_dropout=method.lora_dropout,
@@ -289,7 +318,6 @@ def _prepare_model(model: Any, config: RunConfig) -> Any:
         use_rslora=method.variant == "rslora",
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lora)
 
 
 def _save_weights(model: Any, tokenizer: Any, run: RunDir, config: RunConfig) -> None:
