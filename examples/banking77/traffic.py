@@ -24,7 +24,9 @@ def questions(kind: str, n: int, seed: int) -> list[str]:
         with (HERE / "test.csv").open(newline="", encoding="utf-8") as handle:
             texts = [row["text"] for row in csv.DictReader(handle)]
     else:
-        texts = [line for line in (HERE / "out_of_domain.txt").read_text(encoding="utf-8").splitlines() if line]
+        texts = [
+            line for line in (HERE / "out_of_domain.txt").read_text(encoding="utf-8").splitlines() if line
+        ]
     random.Random(seed).shuffle(texts)  # the test file is sorted by intent; live traffic is not
     return texts[:n]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from specialize.atomic import atomic_write_text
 from specialize.errors import ConfigError
@@ -54,11 +54,34 @@ class ModelConfig(_Section):
     )
 
 
+# TRL's loss variants (DPOConfig.loss_type, KTOConfig.loss_type), checked here so a typo fails
+# before a model is loaded.
+DPO_LOSSES = (
+    "sigmoid", "hinge", "ipo", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+    "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
+)  # fmt: skip
+KTO_LOSSES = ("kto", "apo_zero_unpaired")
+
+
 class MethodConfig(_Section):
-    kind: Literal["lora", "qlora", "full"] = Field(
+    kind: Literal["lora", "qlora", "full", "dpo", "kto"] = Field(
         "lora",
         description="LoRA adapter (default); qlora: LoRA over the base frozen in 4-bit NF4 (bitsandbytes, "
-        "the `qlora` extra), for bases too big to train in their own precision; or full fine-tuning.",
+        "the `qlora` extra), for bases too big to train in their own precision; full fine-tuning; or "
+        "preference tuning of a LoRA adapter with TRL: dpo (pairs chosen/rejected) or kto (replies "
+        "rated good or bad).",
+    )
+    from_run: str | None = Field(
+        None,
+        description="dpo/kto: an earlier LoRA run directory whose adapter is both the starting point "
+        "and the reference model (default: a new adapter on the base, the base as reference).",
+    )
+    beta: float = Field(
+        0.1, gt=0, description="dpo/kto: how far the tuned model may move from the reference (higher: less)."
+    )
+    loss_type: str | None = Field(
+        None,
+        description="dpo/kto: TRL's loss variant (dpo: sigmoid, ipo, hinge, ...; kto: kto, apo_zero_unpaired).",
     )
     variant: Literal["lora", "dora", "rslora"] = Field(
         "lora",
@@ -86,7 +109,31 @@ class MethodConfig(_Section):
                 f"variant '{self.variant}' is a kind of LoRA adapter; kind 'full' trains no adapter "
                 "(use kind: lora or qlora, or drop the variant)"
             )
+        if not self.preference:
+            for key in ("from_run", "loss_type"):
+                if getattr(self, key) is not None:
+                    raise ValueError(
+                        f"{key} is for preference tuning (kind: dpo or kto), not kind '{self.kind}'"
+                    )
+        elif self.loss_type is not None:
+            known = DPO_LOSSES if self.kind == "dpo" else KTO_LOSSES
+            if self.loss_type not in known:
+                close = difflib.get_close_matches(self.loss_type, known, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise ValueError(
+                    f"loss_type '{self.loss_type}' is not a {self.kind} loss{hint} (known: {', '.join(known)})"
+                )
         return self
+
+    @property
+    def preference(self) -> bool:
+        """Whether the run learns from preferences (dpo, kto) rather than from examples."""
+        return self.kind in ("dpo", "kto")
+
+    @property
+    def resolved_loss_type(self) -> str:
+        """The TRL loss variant: the configured one, else the kind's standard loss."""
+        return self.loss_type or ("sigmoid" if self.kind == "dpo" else "kto")
 
     @property
     def adapter(self) -> bool:
@@ -158,6 +205,11 @@ class EvalConfig(_Section):
         None, ge=1, description="Default: p99 of training completions + margin."
     )
     latency_samples: int = Field(8, ge=0, description="Requests timed one by one at batch size 1.")
+    measure_merged: bool = Field(
+        True,
+        description="Also time the adapter merged into a copy of the base, as a single-adapter "
+        "deployment runs it (LoRA runs).",
+    )
     constrained: bool = Field(
         True, description="Also measure every contender decoding under the run's output contract."
     )
@@ -168,6 +220,28 @@ class EvalConfig(_Section):
     target_precision: float = Field(
         0.9, gt=0, le=1, description="Precision the recommended confidence threshold must reach."
     )
+    catch_all_label: str | None = Field(
+        None,
+        description="The label set's catch-all class (out of scope, other); default: detected by name.",
+    )
+    learning_curve: list[float] | None = Field(
+        None,
+        description="Train again on these nested fractions of the training rows (e.g. [0.25, 0.5, 1.0]) "
+        "and fit how the metric grows with data; off by default (each fraction is a training run).",
+    )
+    target_metric: float | None = Field(
+        None, description="The task metric you need: the learning curve says how many rows reach it."
+    )
+
+    @field_validator("learning_curve")
+    @classmethod
+    def _fractions(cls, value: list[float] | None) -> list[float] | None:
+        if value is None:
+            return None
+        if not value or any(not 0 < f <= 1 for f in value):
+            raise ValueError("learning_curve: fractions must lie in (0, 1], e.g. [0.25, 0.5, 1.0]")
+        return sorted(set(value) | {1.0})
+
     extra_contenders: list[dict[str, Any]] = Field(default_factory=list)
     price: PriceConfig = Field(default_factory=PriceConfig)
 
@@ -236,6 +310,10 @@ class RunConfig(_Section):
     def learning_rate(self) -> float:
         if self.train.learning_rate is not None:
             return self.train.learning_rate
+        if self.method.preference:
+            # Preference losses move a model further per step than next-token loss: TRL's LoRA recipes
+            # use rates an order below supervised LoRA's.
+            return 5e-5
         return 2e-4 if self.method.adapter else 2e-5
 
 

@@ -114,6 +114,12 @@ def test_classification_report_is_complete(tiny_model_dir, tmp_path):
     assert report["comparison"]["name"] == "mcnemar" and report["comparison"]["best_baseline"] in names
     assert report["training"]["curves"]["train"], "loss curve comes from metrics.jsonl"
     assert report["headline"].startswith("fine-tuned:") and "fewer input tokens" in report["headline"]
+    # The adapter as a single-adapter deployment runs it: merged into a copy of the base, timed the
+    # same way, and its greedy replies compared with the unmerged adapter's.
+    merged = tuned["merged"]
+    assert merged["rows_compared"] == report["test_rows"] and merged["latency"]["samples"] == 2
+    assert merged["replies_equal"] >= 0.9 * merged["rows_compared"] and merged["cost_per_1k"] > 0
+    assert "latency (adapter merged)" in report["headline"] and "fine-tuned, merged" in output
     assert "fine-tuned" in output and "report.html" in output
 
     parser = _Collect()
@@ -122,10 +128,12 @@ def test_classification_report_is_complete(tiny_model_dir, tmp_path):
     assert len(parser.images) == len(PLOTS) and all(
         src.startswith("data:image/png;base64,") for src in parser.images
     )
-    # The summary and the constrained table: a header and one row per contender each (the worst
-    # labels and the confidence table come on top of them).
-    assert parser.table_rows["summary"] == parser.table_rows["constrained"] == 1 + len(names)
-    assert parser.rows == 2 * (1 + len(names)) + parser.table_rows["worst"] + parser.table_rows["confidence"]
+    # The summary: a header, one row per contender and one for the merged adapter; the constrained
+    # table: a header and one row per contender (the worst labels and the confidence table come on
+    # top of them).
+    assert parser.table_rows["summary"] == 2 + len(names)
+    assert parser.table_rows["constrained"] == 1 + len(names)
+    assert parser.rows == 3 + 2 * len(names) + parser.table_rows["worst"] + parser.table_rows["confidence"]
     assert "constrained" in parser.ids
     md = (tmp_path / "run" / "eval" / "report.md").read_text()
     assert report["headline"] in md
@@ -189,7 +197,8 @@ def test_classic_baseline_and_reply_confidence(tiny_model_dir, tmp_path):
     parser.feed((tmp_path / "run" / "eval" / "report.html").read_text())
     assert {"plot-reliability", "plot-coverage", "worst", "confidence"} <= parser.ids
     assert len(parser.images) == len(PLOTS)
-    assert parser.table_rows["summary"] == 1 + len(names) and parser.table_rows["confidence"] == 2
+    # A header, one row per contender, one for the fine-tuned adapter merged into the base.
+    assert parser.table_rows["summary"] == 2 + len(names) and parser.table_rows["confidence"] == 2
     assert parser.table_rows["constrained"] == len(names), (
         "the classic baseline has no contract to decode under"
     )
@@ -229,6 +238,10 @@ def test_json_extraction_dataset_gets_json_metrics(tiny_model_dir, tmp_path):
         "city",
     }
     assert all(c["role"] != "classic" for c in report["contenders"]), "no classic baseline for JSON replies"
+    scored = next(c for c in report["contenders"] if c["role"] == "fine-tuned")["json_confidence"]
+    assert scored["replies"] == "constrained" and len(scored["mean_logprob"]) == report["test_rows"]
+    assert all(m is None or m <= 0 for m in scored["mean_logprob"])
+    assert set(scored["field_mean_minimum"]) <= {"name", "age", "city"}
     assert "## Worst fields of the fine-tuned model" in (tmp_path / "run" / "eval" / "report.md").read_text()
     schema = report["output_contract"]["schema"]
     assert report["output_contract"]["kind"] == "json_schema" and set(schema["required"]) == {

@@ -36,6 +36,8 @@ def test_every_training_reply_satisfies_its_runs_contract(config_path):
     loaded = load_model(config.model.base)
     constraint = compile_constraint(contract, loaded.tokenizer, end_of_turn_ids(loaded))
     rejected = [
-        r for r in replies if not constraint.accepts(loaded.tokenizer(r, add_special_tokens=False)["input_ids"])
+        r
+        for r in replies
+        if not constraint.accepts(loaded.tokenizer(r, add_special_tokens=False)["input_ids"])
     ]
     assert not rejected, f"{len(rejected)} of {len(replies)} training replies rejected, e.g. {rejected[:3]}"

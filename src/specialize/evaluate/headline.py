@@ -27,9 +27,10 @@ def headline(report: EvalReport) -> str:
         parts.append(
             _ratio(best.tokens.prompt_mean, tuned.tokens.prompt_mean, "fewer", "more", "input tokens")
         )
-        parts.append(
-            _ratio(best.latency.batch1_p50_s, tuned.latency.batch1_p50_s, "lower", "higher", "latency")
-        )
+        # Latency as the fine-tuned model would be deployed alone: merged into the base, when measured.
+        deployed = tuned.merged.latency if tuned.merged is not None else tuned.latency
+        label = "latency (adapter merged)" if tuned.merged is not None else "latency"
+        parts.append(_ratio(best.latency.batch1_p50_s, deployed.batch1_p50_s, "lower", "higher", label))
         if best.break_even_requests is not None:
             parts.append(f"training repaid after {fmt.count(best.break_even_requests)} requests")
     con = tuned.constrained

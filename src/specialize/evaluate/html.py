@@ -12,9 +12,12 @@ import io
 
 from specialize.evaluate.table import (
     Table,
+    catch_all_table,
     confidence_table,
     constraint_table,
+    learning_curve_table,
     paired_sentence,
+    preference_table,
     skipped_lines,
     summary_table,
     worst_table,
@@ -37,7 +40,13 @@ def render_html(report: EvalReport) -> str:
     paired = f"<p>{html.escape(paired)}</p>" if paired else ""
     paired += "".join(f'<p class="skipped">{html.escape(line)}</p>' for line in skipped_lines(report))
     breakdown = ""
-    for table_id, table in (("worst", worst_table(report)), ("confidence", confidence_table(report))):
+    for table_id, table in (
+        ("worst", worst_table(report)),
+        ("confidence", confidence_table(report)),
+        ("catch-all", catch_all_table(report)),
+        ("learning-curve", learning_curve_table(report)),
+        ("preference", preference_table(report)),
+    ):
         if table:
             breakdown += f"<h2>{html.escape(table.title)}</h2>" + _table(table_id, table)
     constrained = constraint_table(report)

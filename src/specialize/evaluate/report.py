@@ -15,9 +15,12 @@ from specialize.atomic import make_temp_dir, replace_dir
 from specialize.evaluate.html import render_html
 from specialize.evaluate.table import (
     Table,
+    catch_all_table,
     confidence_table,
     constraint_table,
+    learning_curve_table,
     paired_sentence,
+    preference_table,
     skipped_lines,
     summary_table,
     worst_table,
@@ -76,6 +79,43 @@ def render_markdown(report: EvalReport) -> str:
             "scorer ranks first.",
             "",
             *_markdown_table(confidence),
+        ]
+    learning = learning_curve_table(report)
+    if learning:
+        lines += [
+            "",
+            f"## {learning.title}",
+            "",
+            "The same recipe trained on nested subsets of the training rows, scored on the same test "
+            "rows; the fitted curve a + b * n^-c says what 2x and 4x the data would give (intervals: "
+            "test rows resampled, curve refitted).",
+            "",
+            *_markdown_table(learning),
+        ]
+    catch_all = catch_all_table(report)
+    if catch_all:
+        lines += [
+            "",
+            f"## {catch_all.title}",
+            "",
+            "The class for requests outside the others (out of scope, other, none), on its own: "
+            "overall accuracy hides it. After: replies below the threshold answer this class instead; "
+            "other classes' accuracy: on rows whose reference is another label, before -> after.",
+            "",
+            *_markdown_table(catch_all),
+        ]
+    preference = preference_table(report)
+    if preference:
+        lines += [
+            "",
+            f"## {preference.title}",
+            "",
+            "Implicit-reward accuracy: the share of held-out pairs where log p_tuned - log p_parent is "
+            "higher for chosen than for rejected (rated replies: positive for a good one, negative for a "
+            "bad one). Prefers chosen: the share where a model's own log-probability of chosen is higher; "
+            "change and p: McNemar's paired test, tuned vs parent.",
+            "",
+            *_markdown_table(preference),
         ]
     constrained = constraint_table(report)
     if constrained:

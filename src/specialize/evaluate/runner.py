@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,19 +25,26 @@ import numpy as np
 
 from specialize.constrain import NONE, OutputContract
 from specialize.data.contract import run_contract
+from specialize.data.preference import reference_rows
 from specialize.data.prepare import read_splits
 from specialize.errors import RunError
+from specialize.evaluate.abstention import catch_all_scores, detect_catch_all
 from specialize.evaluate.calibration import calibration
 from specialize.evaluate.classic import ClassicContender, measure_classic
 from specialize.evaluate.confidence import label_probabilities, reply_confidence
 from specialize.evaluate.constraint_effect import constraint_effect, contract_verdict, paired
 from specialize.evaluate.contenders import Contender, build_classic, build_contenders
 from specialize.evaluate.cost import break_even_requests, cost_per_1k_requests, training_cost
+from specialize.evaluate.deployment import measure_merged
 from specialize.evaluate.headline import headline
+from specialize.evaluate.json_confidence import reply_log_probs
 from specialize.evaluate.metrics import MetricResult, compute_metrics
+from specialize.evaluate.preference import is_preference_run, parent_contender, parent_name, preference_eval
 from specialize.evaluate.quality import quality_record
 from specialize.evaluate.report import write_report
-from specialize.inference import generate, load_run
+from specialize.evaluate.subsets import measure_learning_curve
+from specialize.evaluate.timing import percentile, timed_generation
+from specialize.inference import load_run
 from specialize.models.chat import render_reply
 from specialize.outputs import LabelMatcher, detect_task
 from specialize.records.eval import (
@@ -47,6 +53,7 @@ from specialize.records.eval import (
     Comparison,
     ContenderResult,
     EvalReport,
+    JsonConfidence,
     Latency,
     LossCurves,
     Sample,
@@ -81,7 +88,9 @@ def evaluate(
     cfg = trained.config
     record = trained.record
     splits = read_splits(run)
-    test = splits.test[:max_test_examples] if max_test_examples else splits.test
+    held_out = splits.test[:max_test_examples] if max_test_examples else splits.test
+    # Preference runs: the chosen (or desirable) reply is the reference; an undesirable one is not.
+    test = reference_rows(held_out)
     if not test:
         raise RunError(f"{run.path}: the run has no test rows (splits/test.jsonl is empty)")
     references = [e.completion or "" for e in test]
@@ -98,6 +107,8 @@ def evaluate(
     contenders = build_contenders(
         trained, splits.train, test, kind=kind, labels=labels, max_new_tokens=max_new
     )
+    if is_preference_run(trained):
+        contenders.append(parent_contender(trained, test))
     results: list[ContenderResult] = []
     metrics: dict[str, MetricResult] = {}
     for contender in contenders:
@@ -109,11 +120,22 @@ def evaluate(
             free.constrained = constraint_effect(
                 free, free_metrics, constrained, constrained_metrics, contract, contender.loaded
             )
+        if contender.role == "fine-tuned" and cfg.eval.measure_merged:
+            free.merged = measure_merged(
+                contender.loaded,
+                contender.conversations,
+                free.predictions,
+                max_new_tokens=max_new,
+                stop=stop,
+                eval_cfg=cfg.eval,
+            )
         results.append(free)
         metrics[free.name] = free_metrics
         if contender.role == "fine-tuned" and kind == "classification" and labels:
             label_set = list(contract.labels) if contract.kind == "labels" and contract.labels else labels
             free.confidence = _calibration(contender, free, references, label_set, cfg.eval, progress)
+        if contender.role == "fine-tuned" and kind == "json":
+            free.json_confidence = _json_confidence(contender, free, progress)
 
     skipped: list[Skipped] = []
     classic = build_classic(trained, kind, splits.train, splits.val, test)
@@ -139,6 +161,21 @@ def evaluate(
     for r in results:
         if r is not tuned and r.cost_per_1k is not None and tuned.cost_per_1k is not None:
             r.break_even_requests = break_even_requests(train_cost, r.cost_per_1k, tuned.cost_per_1k)
+    learning = None
+    if cfg.eval.learning_curve:
+        learning = measure_learning_curve(
+            run,
+            cfg,
+            splits,
+            next(c for c in contenders if c.role == "fine-tuned").conversations[: len(test)],
+            references,
+            kind=kind,
+            labels=labels,
+            max_new_tokens=max_new,
+            stop=stop,
+            full=metrics[tuned.name],
+            on_progress=lambda text: progress(EvalProgress(text, 0, 1)) if progress else None,
+        )
     report = EvalReport(
         run=str(run.path),
         task=kind,
@@ -162,7 +199,18 @@ def evaluate(
             for i, (e, ref) in enumerate(zip(test[:SAMPLES], references, strict=False))
         ],
         contract_verdict=contract_verdict(tuned),
+        learning_curve=learning,
     )
+    if is_preference_run(trained):
+        parent = parent_name(trained)
+        report.preference = preference_eval(
+            trained,
+            held_out,
+            resamples=cfg.eval.bootstrap_resamples,
+            tuned_metrics=metrics[tuned.name],
+            parent_metrics=metrics.get(parent),
+            paired=paired,
+        )
     report.headline = headline(report)
     write_report(run.eval_dir, report)
     return report
@@ -190,29 +238,17 @@ def _measure(
             progress(EvalProgress(label, done, total))
 
     with contender.context():
-        began = time.perf_counter()
-        outputs = generate(
+        timed = timed_generation(
             contender.loaded,
             contender.conversations,
             max_new_tokens=max_new,
             batch_size=eval_cfg.batch_size,
             stop=stop,
+            latency_samples=eval_cfg.latency_samples,
+            contract=contract,
             on_batch=on_batch,
-            constraint=contract,
         )
-        batched_seconds = time.perf_counter() - began
-        latencies = []
-        for conversation in contender.conversations[: eval_cfg.latency_samples]:
-            t0 = time.perf_counter()
-            generate(
-                contender.loaded,
-                [conversation],
-                max_new_tokens=max_new,
-                batch_size=1,
-                stop=stop,
-                constraint=contract,
-            )
-            latencies.append(time.perf_counter() - t0)
+    outputs, batched_seconds, latencies = timed.outputs, timed.batched_seconds, timed.latencies
     # Constrained replies are returned unstripped (exactly the label); metrics compare stripped text.
     predictions = [o.text.strip() for o in outputs]
     metrics = compute_metrics(kind, predictions, references, labels)
@@ -225,8 +261,8 @@ def _measure(
         quality=quality_record(metrics, eval_cfg.bootstrap_resamples),
         tokens=Tokens(prompt_mean=prompt_tokens, completion_mean=completion_tokens),
         latency=Latency(
-            batch1_p50_s=_percentile(latencies, 50),
-            batch1_p95_s=_percentile(latencies, 95),
+            batch1_p50_s=percentile(latencies, 50),
+            batch1_p95_s=percentile(latencies, 95),
             samples=len(latencies),
         ),
         throughput=Throughput(
@@ -275,11 +311,40 @@ def _calibration(
         target_precision=eval_cfg.target_precision,
         replies="constrained" if constrained else "free",
     )
+    catch_all = detect_catch_all(labels, eval_cfg.catch_all_label)
+    if catch_all is not None:
+        result_calibration.catch_all = catch_all_scores(
+            catch_all, replies, confidence, [r.strip() for r in references], result_calibration.threshold
+        )
     top = [labels[i] for i in probabilities.argmax(axis=1)]
     answered = [(r, t) for r, t in zip(replies, top, strict=True) if r is not None]
     if answered:
         result_calibration.top_label_agreement = sum(r == t for r, t in answered) / len(answered)
     return result_calibration
+
+
+def _json_confidence(
+    contender: Contender, result: ContenderResult, progress: Callable[[EvalProgress], None] | None
+) -> JsonConfidence:
+    """Mean token log-probability and per-field minima of the replies (constrained when measured)."""
+    constrained = result.constrained is not None
+    scored = result.constrained.predictions if result.constrained is not None else result.predictions
+    with contender.context():
+        rows = reply_log_probs(
+            contender.loaded,
+            contender.conversations,
+            scored,
+            _progress_of(f"{contender.name}, reply log-probabilities", progress),
+        )
+    minima = [r.field_minima() for r in rows]
+    fields = sorted({path for m in minima for path in m})
+    mean_minimum = {f: float(np.mean([m[f] for m in minima if f in m])) for f in fields}
+    return JsonConfidence(
+        replies="constrained" if constrained else "free",
+        mean_logprob=[r.mean for r in rows],
+        field_minimum=minima,
+        field_mean_minimum=dict(sorted(mean_minimum.items(), key=lambda kv: kv[1])),
+    )
 
 
 def _progress_of(
@@ -320,10 +385,6 @@ def _loss_curves(run: RunDir) -> LossCurves:
         if "eval_loss" in record:
             curves.val.append([record["step"], record["eval_loss"]])
     return curves
-
-
-def _percentile(values: list[float], q: float) -> float | None:
-    return float(np.percentile(values, q)) if values else None
 
 
 def _nan_low(value: float | None) -> float:

@@ -10,9 +10,10 @@ three renderings cannot disagree on a figure or its rounding.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from specialize import format as fmt
-from specialize.records.eval import ContenderResult, EvalReport, LabelScores
+from specialize.records.eval import ContenderResult, EvalReport, Interval, LabelScores, PairedComparison
 
 WORST = 8  # labels or fields listed as the fine-tuned model's worst
 
@@ -61,7 +62,29 @@ def summary_table(report: EvalReport) -> Table:
     for c in report.contenders:
         table.rows.append(_summary_cells(c))
         table.highlight.append(c.role == "fine-tuned")
+        if c.merged is not None:
+            table.rows.append(_merged_cells(c))
+            table.highlight.append(True)
     return table
+
+
+def _merged_cells(c: ContenderResult) -> list[str]:
+    """The same adapter merged into the base (a single-adapter deployment): speed and cost only."""
+    m = c.merged
+    assert m is not None
+    return [
+        f"{c.name}, merged",
+        "same replies",
+        f"{m.replies_equal}/{m.rows_compared}",
+        "",
+        fmt.number(c.tokens.prompt_mean, 1),
+        fmt.number(c.tokens.completion_mean, 1),
+        fmt.number(_ms(m.latency.batch1_p50_s), 0),
+        fmt.number(_ms(m.latency.batch1_p95_s), 0),
+        fmt.number(m.throughput.requests_per_s, 2),
+        _cost(m.cost_per_1k),
+        "",
+    ]
 
 
 def _summary_cells(c: ContenderResult) -> list[str]:
@@ -193,6 +216,137 @@ def confidence_table(report: EvalReport) -> Table:
             ]
         )
         table.highlight.append(c.role == "fine-tuned")
+    return table
+
+
+def catch_all_table(report: EvalReport) -> Table:
+    """The catch-all class on its own, as replied and after abstaining into it below the
+    recommended threshold, with what that cost the other classes' accuracy."""
+    measured = [c for c in report.contenders if c.confidence is not None and c.confidence.catch_all]
+    table = Table(
+        "Catch-all class, before and after abstaining below the recommended threshold",
+        (
+            "contender",
+            "class",
+            "support",
+            "precision",
+            "recall",
+            "threshold",
+            "precision after",
+            "recall after",
+            "abstained",
+            "other classes' accuracy",
+        ),
+    )
+    for c in measured:
+        scores = c.confidence.catch_all  # type: ignore[union-attr]
+        assert scores is not None
+        after = scores.after
+        table.rows.append(
+            [
+                c.name,
+                scores.label,
+                fmt.count(scores.before.support),
+                fmt.number(scores.before.precision),
+                fmt.number(scores.before.recall),
+                fmt.number(scores.threshold) if scores.threshold is not None else "none",
+                fmt.number(after.precision) if after else "",
+                fmt.number(after.recall) if after else "",
+                fmt.count(scores.abstained) if after else "",
+                f"{fmt.number(scores.in_scope_accuracy_before)} -> {fmt.number(scores.in_scope_accuracy_after)}"
+                if after
+                else fmt.number(scores.in_scope_accuracy_before),
+            ]
+        )
+        table.highlight.append(c.role == "fine-tuned")
+    return table
+
+
+def preference_table(report: EvalReport) -> Table:
+    """A preference run against its parent on the held-out judgments (`records.eval.PreferenceEval`)."""
+    pref = report.preference
+    table = Table(
+        f"Preference, held-out judgments ({pref.rows if pref else 0}) against the parent "
+        f"({pref.parent if pref else ''})",
+        ("measure", "parent", "tuned", "change [95% CI]", "p"),
+    )
+    if pref is None:
+        return table
+
+    def cell(interval: Interval | None) -> str:
+        if interval is None:
+            return ""
+        return f"{fmt.number(interval.value)} [{fmt.number(interval.ci_low)}, {fmt.number(interval.ci_high)}]"
+
+    def change(test: PairedComparison | None) -> list[str]:
+        if test is None:
+            return ["", ""]
+        return [
+            f"{fmt.signed(test.mean_diff)} [{fmt.number(test.ci_low)}, {fmt.number(test.ci_high)}]",
+            fmt.number(test.p_value, 4),
+        ]
+
+    table.rows.append(["implicit-reward accuracy", "", cell(pref.implicit_reward_accuracy), "", ""])
+    if pref.tuned_prefers_chosen is not None:
+        table.rows.append(
+            [
+                "prefers chosen (log-prob)",
+                cell(pref.parent_prefers_chosen),
+                cell(pref.tuned_prefers_chosen),
+                *change(pref.preference_change),
+            ]
+        )
+    parent = report.contender(pref.parent_contender)
+    tuned = next((c for c in report.contenders if c.role == "fine-tuned"), None)
+    if parent is not None and tuned is not None:
+        table.rows.append(
+            [
+                f"{tuned.quality.primary} (chosen as reference)",
+                cell(parent.quality.interval()),
+                cell(tuned.quality.interval()),
+                *change(pref.task_change),
+            ]
+        )
+    table.highlight.extend([False] * len(table.rows))
+    return table
+
+
+def learning_curve_table(report: EvalReport) -> Table:
+    """The metric per nested training subset, then what the fitted curve expects with more data."""
+    curve = report.learning_curve
+    table = Table(
+        f"Learning curve ({curve.metric if curve else ''}): the fine-tuned model on nested subsets",
+        ("training rows", "value [95% CI]", "from"),
+    )
+    if curve is None:
+        return table
+
+    def cells(rows: str, iv: Any, source: str) -> list[str]:
+        if iv is None or iv.value is None:
+            return [rows, "not reached" if source.startswith("rows") else "", source]
+        return [rows, f"{fmt.number(iv.value)} [{fmt.number(iv.ci_low)}, {fmt.number(iv.ci_high)}]", source]
+
+    for p in curve.points:
+        table.rows.append(cells(fmt.count(p.examples), p.ci95, f"measured ({p.fraction:g} of the rows)"))
+        table.highlight.append(p.fraction >= 1.0)
+    if curve.fit is not None:
+        full = max(p.examples for p in curve.points)
+        table.rows.append(cells(fmt.count(2 * full), curve.at_2x, "expected (fitted curve)"))
+        table.rows.append(cells(fmt.count(4 * full), curve.at_4x, "expected (fitted curve)"))
+        table.rows.append(cells("unlimited", curve.asymptote, "asymptote of the curve"))
+        table.highlight.extend([False, False, False])
+        if curve.target_metric is not None:
+            needed = curve.examples_for_target
+            rows = (
+                f"{fmt.count(needed.value)} [{fmt.count(needed.ci_low)}, {fmt.count(needed.ci_high)}]"
+                if needed is not None and needed.value is not None
+                else "not reached"
+            )
+            table.rows.append([rows, fmt.number(curve.target_metric), "rows needed for eval.target_metric"])
+            table.highlight.append(False)
+    elif curve.note:
+        table.rows.append(["", "", curve.note])
+        table.highlight.append(False)
     return table
 
 

@@ -129,6 +129,19 @@ class Throughput(_Record):
     seconds: float | None = None
 
 
+class MergedDeployment(_Record):
+    """The fine-tuned adapter merged into a copy of the base, timed like every contender.
+
+    `replies_equal` of `rows_compared` greedy replies are identical to the unmerged adapter's
+    (merging rounds the weights differently, so a rare reply may change)."""
+
+    latency: Latency = Field(default_factory=Latency)
+    throughput: Throughput = Field(default_factory=Throughput)
+    cost_per_1k: float | None = None
+    rows_compared: int = 0
+    replies_equal: int = 0
+
+
 class ConstraintEffect(_Record):
     """What decoding under the run's output contract changed for one contender."""
 
@@ -169,6 +182,24 @@ class CoveragePoint(_Record):
     precision: float
 
 
+class CatchAllScores(_Record):
+    """The catch-all class (out of scope, other, none) on its own: its precision and recall as
+    replied, and after the replies below `threshold` abstain into it; what that cost the other
+    classes is their rows' accuracy before and after. `after` is None without a threshold."""
+
+    label: str
+    threshold: float | None = None
+    before: LabelScores = Field(default_factory=LabelScores)
+    after: LabelScores | None = None
+    abstained: int = 0
+    in_scope_accuracy_before: float | None = None
+    in_scope_accuracy_after: float | None = None
+
+    _finite = field_validator("in_scope_accuracy_before", "in_scope_accuracy_after", mode="before")(
+        _nan_to_none
+    )
+
+
 class Calibration(_Record):
     """How far a contender's confidence in its label replies can be trusted (one per test row).
 
@@ -191,8 +222,21 @@ class Calibration(_Record):
     # picks token by token, the scorer ranks whole replies; when they often disagree, the
     # confidence describes a different decision than the one served.
     top_label_agreement: float | None = None
+    # The label set's catch-all class, when it has one (detected by name or eval.catch_all_label).
+    catch_all: CatchAllScores | None = None
 
     _finite = field_validator("ece", "threshold", "threshold_coverage", mode="before")(_nan_to_none)
+
+
+class JsonConfidence(_Record):
+    """How sure the model was of each JSON reply (one entry per test row): the mean token
+    log-probability of the reply, and per field (dotted path) the lowest log-probability among
+    its value's tokens; `field_mean_minimum` averages those over the rows, weakest fields first."""
+
+    replies: Literal["constrained", "free"] = "free"
+    mean_logprob: list[float | None] = Field(default_factory=list)
+    field_minimum: list[dict[str, float]] = Field(default_factory=list)
+    field_mean_minimum: dict[str, float] = Field(default_factory=dict)
 
 
 class ContenderResult(_Record):
@@ -208,6 +252,42 @@ class ContenderResult(_Record):
     constrained: ConstraintEffect | None = None
     break_even_requests: float | None = None
     confidence: Calibration | None = None
+    json_confidence: JsonConfidence | None = None  # the fine-tuned model's, on JSON tasks
+    merged: MergedDeployment | None = None  # fine-tuned LoRA runs: the single-adapter deployment
+
+
+class CurvePoint(_Record):
+    """The fine-tuned model trained on one nested subset of the training rows, on the test rows."""
+
+    fraction: float
+    examples: int
+    value: float | None = None
+    ci95: Interval = Field(default_factory=Interval)
+
+    _finite = field_validator("value", mode="before")(_nan_to_none)
+
+
+class CurveFit(_Record):
+    """metric(n) = a + b * n^(-c): `a` is the asymptote, where more data stops helping."""
+
+    a: float
+    b: float
+    c: float
+
+
+class LearningCurve(_Record):
+    """What more training data would buy (`eval.learning_curve`; `evaluate.learning_curve`)."""
+
+    metric: str
+    points: list[CurvePoint] = Field(default_factory=list)
+    fit: CurveFit | None = None
+    at_2x: Interval | None = None  # expected metric with twice the training rows, 95% interval
+    at_4x: Interval | None = None
+    asymptote: Interval | None = None
+    target_metric: float | None = None
+    target_reachable: bool | None = None
+    examples_for_target: Interval | None = None  # training rows the curve needs to reach the target
+    note: str = ""
 
 
 class Skipped(_Record):
@@ -243,6 +323,32 @@ class ContractVerdict(_Record):
     reason: str = ""
 
 
+class PreferenceEval(_Record):
+    """A preference run (DPO, KTO) on its held-out judgments, against its parent (the base, or
+    the run it started from), whose log-probabilities are the implicit reward's reference.
+
+    implicit-reward accuracy: the share of held-out pairs where the tuned model's implicit reward
+    log p_tuned(y) - log p_parent(y) is higher for chosen than for rejected (for rated replies:
+    positive for a desirable reply, negative for an undesirable one). prefers chosen: the share of
+    pairs where a model's own log-probability of chosen is above rejected's, for both models, with
+    McNemar's paired test of the change.
+    """
+
+    parent: str = "base"
+    rows: int = 0  # held-out pairs (or rated replies) scored
+    beta: float | None = None
+    implicit_reward_accuracy: Interval = Field(default_factory=Interval)
+    mean_reward_margin: float | None = None  # beta x the mean margin (pairs)
+    parent_prefers_chosen: Interval | None = None  # pairs only
+    tuned_prefers_chosen: Interval | None = None
+    preference_change: PairedComparison | None = None  # tuned vs parent on prefers-chosen
+    # The usual task metric with chosen (or the desirable reply) as reference: tuned vs parent.
+    parent_contender: str | None = None  # the contender row holding the parent's replies
+    task_change: PairedComparison | None = None
+
+    _finite = field_validator("mean_reward_margin", mode="before")(_nan_to_none)
+
+
 class EvalReport(_Record):
     # Every field has a default so that a partial report (hand-made, or cut down by another tool)
     # still yields what it does hold, such as its headline.
@@ -259,6 +365,8 @@ class EvalReport(_Record):
     comparison: Comparison | None = None
     samples: list[Sample] = Field(default_factory=list)
     contract_verdict: ContractVerdict = Field(default_factory=ContractVerdict)
+    learning_curve: LearningCurve | None = None
+    preference: PreferenceEval | None = None  # preference runs (DPO, KTO) only
     headline: str = ""
 
     def tuned(self) -> ContenderResult:

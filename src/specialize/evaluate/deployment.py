@@ -1,0 +1,100 @@
+"""The fine-tuned model as a single-adapter deployment would run it: the adapter merged into the base.
+
+An unmerged LoRA adds two small matrix products to every adapted layer of every decode step, so
+the adapter's batch-1 latency in the main table is what a multi-adapter server pays per row, not
+what a team that deploys one specialist pays: they merge it (`specialize export --format merged`)
+and run a plain model. Judging "faster than the prompt" on the unmerged figure would penalise
+fine-tuning for a cost nobody deploying one adapter has.
+
+So the evaluation also merges the adapter into a copy of the base (PEFT's `merge_and_unload`, the
+same operation the merged export uses) and times it the same way: a batched pass over a slice of
+the test rows (throughput, and whether its greedy replies equal the unmerged adapter's, since the
+merged weights round differently) and the batch-1 latency samples. Full fine-tunes have nothing
+to merge, so they get no such record.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import gc
+from typing import Any
+
+from specialize.config import EvalConfig
+from specialize.constrain import OutputContract
+from specialize.evaluate.cost import cost_per_1k_requests
+from specialize.evaluate.timing import percentile, timed_generation
+from specialize.models.load import LoadedModel
+from specialize.records.eval import Latency, MergedDeployment, Throughput
+
+# Rows of the batched pass: enough full batches to compare answers and measure throughput, without
+# a second generation pass over a large test split.
+COMPARE_ROWS = 64
+
+
+def merged_copy(loaded: LoadedModel) -> LoadedModel | None:
+    """A copy of `loaded` with its PEFT adapter merged into the weights; None if it has no adapter."""
+    if not hasattr(loaded.model, "merge_and_unload"):
+        return None
+    merged = copy.deepcopy(loaded.model).merge_and_unload()
+    merged.eval()
+    return dataclasses.replace(loaded, model=merged)
+
+
+def measure_merged(
+    loaded: LoadedModel,
+    conversations: list[list[dict[str, str]]],
+    unmerged_replies: list[str],
+    *,
+    max_new_tokens: int,
+    stop: list[str],
+    eval_cfg: EvalConfig,
+    contract: OutputContract | None = None,
+) -> MergedDeployment | None:
+    """Time the merged adapter on the contender's own prompts; compare its replies to the unmerged ones."""
+    merged = merged_copy(loaded)
+    if merged is None:
+        return None
+    try:
+        rows = conversations[:COMPARE_ROWS]
+        timed = timed_generation(
+            merged,
+            rows,
+            max_new_tokens=max_new_tokens,
+            batch_size=eval_cfg.batch_size,
+            stop=stop,
+            latency_samples=eval_cfg.latency_samples,
+            contract=contract,
+        )
+    finally:
+        # The copy is as large as the base; free it before the next contender loads anything.
+        del merged
+        gc.collect()
+    replies = [o.text.strip() for o in timed.outputs]
+    equal = sum(a == b for a, b in zip(replies, unmerged_replies, strict=False))
+    prompt_tokens = _mean([o.prompt_tokens for o in timed.outputs])
+    completion_tokens = _mean([o.completion_tokens for o in timed.outputs])
+    return MergedDeployment(
+        latency=Latency(
+            batch1_p50_s=percentile(timed.latencies, 50),
+            batch1_p95_s=percentile(timed.latencies, 95),
+            samples=len(timed.latencies),
+        ),
+        throughput=Throughput(
+            requests_per_s=len(rows) / timed.batched_seconds if timed.batched_seconds else None,
+            batch_size=eval_cfg.batch_size,
+            seconds=timed.batched_seconds,
+        ),
+        cost_per_1k=cost_per_1k_requests(
+            eval_cfg.price,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            seconds_per_request=timed.batched_seconds / len(rows) if rows else 0.0,
+        ),
+        rows_compared=len(replies),
+        replies_equal=equal,
+    )
+
+
+def _mean(values: list[Any]) -> float:
+    return float(sum(values) / len(values)) if values else 0.0
