@@ -126,6 +126,11 @@ def test_win_rates_and_agreement_between_reviewers(run, tmp_path):
     assert kappas[("ada", "eve")] < 0.5
     update_run_summary(store, run)
     assert run.human_eval().judgments == summary.judgments
+    # The run's report gains a human evaluation section (json, md, html), kept when re-rendered.
+    assert run.eval_report().human.judgments == summary.judgments
+    md = (run.eval_dir / "report.md").read_text()
+    assert "## Human evaluation (blind review" in md and "fine-tuned vs zero-shot" in md
+    assert "kappa 1.00" in md and 'id="human"' in (run.eval_dir / "report.html").read_text()
 
 
 def test_kappa_is_none_when_undefined(run, tmp_path):

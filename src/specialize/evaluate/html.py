@@ -12,9 +12,11 @@ import io
 
 from specialize.evaluate.table import (
     Table,
+    agreement_lines,
     catch_all_table,
     confidence_table,
     constraint_table,
+    human_table,
     learning_curve_table,
     paired_sentence,
     preference_table,
@@ -46,9 +48,11 @@ def render_html(report: EvalReport) -> str:
         ("catch-all", catch_all_table(report)),
         ("learning-curve", learning_curve_table(report)),
         ("preference", preference_table(report)),
+        ("human", human_table(report)),
     ):
         if table:
             breakdown += f"<h2>{html.escape(table.title)}</h2>" + _table(table_id, table)
+    breakdown += "".join(f"<p>{html.escape(line)}</p>" for line in agreement_lines(report))
     constrained = constraint_table(report)
     constraint_section = (
         f"<h2>{html.escape(constrained.title)}</h2>" + _table("constrained", constrained)

@@ -15,9 +15,11 @@ from specialize.atomic import make_temp_dir, replace_dir
 from specialize.evaluate.html import render_html
 from specialize.evaluate.table import (
     Table,
+    agreement_lines,
     catch_all_table,
     confidence_table,
     constraint_table,
+    human_table,
     learning_curve_table,
     paired_sentence,
     preference_table,
@@ -34,6 +36,8 @@ def write_report(eval_dir: Path, report: EvalReport) -> None:
         (tmp / "report.json").write_text(report.model_dump_json(indent=2) + "\n", encoding="utf-8")
         (tmp / "report.md").write_text(render_markdown(report), encoding="utf-8")
         (tmp / "report.html").write_text(render_html(report), encoding="utf-8")
+        if report.human is not None:  # the directory is swapped whole: keep the review's summary in it
+            (tmp / "human.json").write_text(report.human.model_dump_json(indent=2) + "\n", encoding="utf-8")
         replace_dir(tmp, eval_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -103,6 +107,19 @@ def render_markdown(report: EvalReport) -> str:
             "other classes' accuracy: on rows whose reference is another label, before -> after.",
             "",
             *_markdown_table(catch_all),
+        ]
+    human = human_table(report)
+    if human:
+        lines += [
+            "",
+            f"## {human.title}",
+            "",
+            "Reviewers saw one input and two replies in random order, names hidden. Win rate: the share "
+            "of decisive judgments (one side preferred) won by the first of the pair, with its Wilson "
+            "95% interval; ties and 'both bad' are counted beside it.",
+            "",
+            *_markdown_table(human),
+            *(line for a in agreement_lines(report) for line in ("", a)),
         ]
     preference = preference_table(report)
     if preference:

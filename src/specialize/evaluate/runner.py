@@ -212,6 +212,7 @@ def evaluate(
             paired=paired,
         )
     report.headline = headline(report)
+    report.human = run.human_eval()  # blind review so far: kept across a re-evaluation
     write_report(run.eval_dir, report)
     return report
 

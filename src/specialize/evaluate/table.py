@@ -377,3 +377,38 @@ def _cost(value: float | None) -> str:
 
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else seconds * 1000
+
+
+def human_table(report: EvalReport) -> Table:
+    """Blind human review: each contender pair's win rate of the first, with its Wilson 95% interval."""
+    human = report.human
+    judged = f"{human.judgments} judgments by {', '.join(human.reviewers) or 'no one'}" if human else ""
+    table = Table(
+        f"Human evaluation (blind review, {judged})",
+        ("pair", "judgments", "win rate of the first [95% CI]", "ties", "both bad"),
+    )
+    if human is None:
+        return table
+    for pair in human.pairs:
+        table.rows.append(
+            [
+                f"{pair.first} vs {pair.second}",
+                fmt.count(pair.judgments),
+                f"{fmt.number(pair.win_rate, 2)} [{fmt.number(pair.ci_low, 2)}, {fmt.number(pair.ci_high, 2)}]",
+                fmt.count(pair.ties),
+                fmt.count(pair.both_bad),
+            ]
+        )
+        table.highlight.append(False)
+    return table
+
+
+def agreement_lines(report: EvalReport) -> list[str]:
+    """Reviewers' agreement (Cohen's kappa) on the items two of them both judged."""
+    if report.human is None:
+        return []
+    return [
+        f"agreement {a.reviewers[0]} / {a.reviewers[1]}: kappa {fmt.number(a.kappa, 2)} on "
+        f"{a.shared_items} shared items (raw {fmt.number(a.raw_agreement, 2)})"
+        for a in report.human.agreement
+    ]

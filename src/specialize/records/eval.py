@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from specialize.records.human import HumanEval
+
 Role = Literal["zero-shot", "few-shot", "fine-tuned", "classic", "extra"]
 TUNED: Role = "fine-tuned"
 CLASSIC: Role = "classic"
@@ -365,6 +367,8 @@ class EvalReport(_Record):
     comparison: Comparison | None = None
     samples: list[Sample] = Field(default_factory=list)
     contract_verdict: ContractVerdict = Field(default_factory=ContractVerdict)
+    # Blind human review of this run's replies (`specialize review`), also written as eval/human.json.
+    human: HumanEval | None = None
     learning_curve: LearningCurve | None = None
     preference: PreferenceEval | None = None  # preference runs (DPO, KTO) only
     headline: str = ""

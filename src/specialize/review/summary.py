@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from itertools import combinations
 from pathlib import Path
 
+from specialize.evaluate.report import write_report
 from specialize.evaluate.stats import wilson_interval
 from specialize.records.eval import TUNED
 from specialize.records.human import Agreement, HumanEval, PairWinRate
@@ -112,5 +113,10 @@ def update_run_summary(store: ReviewStore, run: RunDir) -> HumanEval:
         tuned = next((c for c in run.eval_report().contenders if c.role == TUNED), None)
         lead = tuned.name if tuned else None
     summary = summarize(run_source(run), store.judgments(source=run_source(run)), lead)
-    run.write_human_eval(summary)
+    if run.evaluated:  # the report's human evaluation section, and eval/human.json with it
+        report = run.eval_report()
+        report.human = summary
+        write_report(run.eval_dir, report)
+    else:
+        run.write_human_eval(summary)
     return summary
