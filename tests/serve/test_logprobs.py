@@ -107,7 +107,7 @@ def test_chat_logprobs_are_the_models_and_greedy_is_unchanged(served, tiny_model
             [[t.logprob for t in token.top_logprobs] for token in content], best.values.numpy(), atol=1e-4
         )
         assert [list(token.bytes) for token in content] == [
-            list(server._speller.bytes_of(t)) for t in reply_ids
+            list(server.annotator.speller.bytes_of(t)) for t in reply_ids
         ]
 
 

@@ -24,15 +24,21 @@ reply decoded under a label contract when the request asked for logprobs or the 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from specialize.constrain import OutputContract
 from specialize.errors import ConfigError, ConstraintError, RunError
 from specialize.evaluate.abstention import Abstention
-from specialize.serve.requests import Completion, TokenLogprob
+from specialize.evaluate.confidence import LabelTrie
+from specialize.registry.store import AdapterRecord
+from specialize.serve.options import ServeOptions
+from specialize.serve.protocol import ChatCompletionRequest, SamplingBody
+from specialize.serve.requests import Completion, SamplingParams, TokenLogprob
 
 log = logging.getLogger(__name__)
 
@@ -202,3 +208,50 @@ def adapter_abstention(
             return Abstention(threshold, fallback or detect_catch_all(labels) or DEFAULT_FALLBACK)
         log.warning("not abstaining on %s: %s", run_dir, exc)
         return None
+
+
+class Annotator:
+    """What the server adds to a request for logprobs and abstention, with what it costs built once:
+    per adapter version its abstention setting, per label set its replies as a token trie."""
+
+    def __init__(self, tokenizer: Any, eos_ids: Sequence[int], options: ServeOptions):
+        self.tokenizer, self.eos_ids, self.options = tokenizer, list(eos_ids), options
+        self.speller = TokenSpeller(tokenizer, self.eos_ids)
+        self._abstentions: dict[str, Abstention | None] = {}  # by AdapterRecord.key
+        self._tries: dict[tuple[str, ...], LabelTrie] = {}
+
+    def annotate(
+        self,
+        body: SamplingBody,
+        adapter: AdapterRecord | None,
+        contract: OutputContract,
+        params: SamplingParams,
+    ) -> tuple[SamplingParams, Annotation]:
+        """Logprobs when asked for; under the adapter's label contract, the label distribution
+        (when logprobs are asked for, or the server abstains) and the abstention."""
+        top = body.top_logprobs_wanted()
+        labels = contract.labels if contract.kind == "labels" else None
+        abstention = None
+        if labels and adapter is not None and body.response_format is None:
+            if adapter.key not in self._abstentions:
+                self._abstentions[adapter.key] = adapter_abstention(
+                    adapter.run_dir or adapter.source,
+                    labels,
+                    self.options.abstain_below,
+                    self.options.fallback_label,
+                )
+            abstention = self._abstentions[adapter.key]
+        scored = labels if labels and (top is not None or abstention is not None) else None
+        trie = None
+        if scored:
+            trie = self._tries.get(scored)
+            if trie is None:
+                trie = self._tries[scored] = LabelTrie.for_model(self.tokenizer, self.eos_ids, scored)
+        annotation = Annotation(
+            chat=isinstance(body, ChatCompletionRequest),
+            speller=self.speller,
+            top=top,
+            labels=scored,
+            abstention=abstention if scored else None,
+        )
+        return dataclasses.replace(params, logprobs=top, labels=trie), annotation

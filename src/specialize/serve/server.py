@@ -23,17 +23,16 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from specialize.constrain import NONE, OutputContract, contract_from_response_format
 from specialize.errors import ConstraintError, DataError, RunError, SpecializeError
-from specialize.evaluate.abstention import Abstention
-from specialize.evaluate.confidence import LabelTrie
 from specialize.models.chat import render_prompt
 from specialize.models.load import load_model
 from specialize.models.registry import weights_fingerprint
 from specialize.registry.errors import AdapterNotFoundError, IncompatibleAdapterError
 from specialize.registry.store import AdapterRecord, AdapterRegistry, check_compatible, check_name
 from specialize.serve.adapters import ResidentAdapters
+from specialize.serve.budget import sampling_params
 from specialize.serve.engine import Engine
 from specialize.serve.errors import APIError, error_body
-from specialize.serve.logprobs import Annotation, TokenSpeller, adapter_abstention
+from specialize.serve.logprobs import Annotation, Annotator
 from specialize.serve.metrics import ServerMetrics
 from specialize.serve.options import ServeOptions, default_request_log_path
 from specialize.serve.protocol import (
@@ -47,7 +46,7 @@ from specialize.serve.protocol import (
     sse,
 )
 from specialize.serve.request_log import RequestLog
-from specialize.serve.requests import Completion, EngineStopped, QueueFull, RequestHandle, SamplingParams
+from specialize.serve.requests import Completion, EngineStopped, QueueFull, RequestHandle
 
 log = logging.getLogger(__name__)
 
@@ -120,9 +119,7 @@ class ModelServer:
         self._stamp = self._registry_stamp()
         self.skipped: list[str] = []
         self._adapter_contracts: dict[str, OutputContract] = {}  # by AdapterRecord.key
-        self._abstentions: dict[str, Abstention | None] = {}  # by AdapterRecord.key
-        self._tries: dict[tuple[str, ...], LabelTrie] = {}  # label contracts' replies as token tries
-        self._speller = TokenSpeller(self.tokenizer, sorted(self.engine.eos_ids))
+        self.annotator = Annotator(self.tokenizer, sorted(self.engine.eos_ids), self.options)
         self._select_adapters(options.adapters)
         self.metrics = ServerMetrics(self.engine, self.resident, lambda: len(self.served))
         self.request_log = None
@@ -345,14 +342,22 @@ class ModelServer:
         )
         ctx = _Context(endpoint, adapter, prompt_log, len(ids), arrived, reply)
         try:
-            params = self._sampling(body, len(ids), max_tokens, default_max, param)
+            params = sampling_params(
+                body,
+                len(ids),
+                max_tokens,
+                default_max,
+                param,
+                limit=self.options,
+                max_model_len=self.max_model_len,
+            )
             contract = self._contract(body, adapter)
             if contract.kind != "none":
                 # Compiling (the tokenizer's table once, then each new contract) is off the event loop.
                 constraint = await asyncio.to_thread(self._compile, contract, body.response_format is None)
                 params = dataclasses.replace(params, constraint=constraint)
             ctx.constraint = contract.kind
-            params, ctx.annotation = self._annotate(body, adapter, contract, params)
+            params, ctx.annotation = self.annotator.annotate(body, adapter, contract, params)
         except APIError as exc:
             self._record(ctx, exc.status, None)
             raise
@@ -392,44 +397,6 @@ class ModelServer:
         return JSONResponse(
             reply.response(payload, content=content, logprobs=logprobs, extra=extra), headers=ctx.headers
         )
-
-    def _annotate(
-        self,
-        body: SamplingBody,
-        adapter: AdapterRecord | None,
-        contract: OutputContract,
-        params: SamplingParams,
-    ) -> tuple[SamplingParams, Annotation]:
-        """Logprobs when asked for; under the adapter's label contract, the label distribution
-        (when logprobs are asked for, or the server abstains) and the abstention (`serve.logprobs`)."""
-        top = body.top_logprobs_wanted()
-        labels = contract.labels if contract.kind == "labels" else None
-        abstention = None
-        if labels and adapter is not None and body.response_format is None:
-            if adapter.key not in self._abstentions:
-                self._abstentions[adapter.key] = adapter_abstention(
-                    adapter.run_dir or adapter.source,
-                    labels,
-                    self.options.abstain_below,
-                    self.options.fallback_label,
-                )
-            abstention = self._abstentions[adapter.key]
-        scored = labels if labels and (top is not None or abstention is not None) else None
-        trie = None
-        if scored:
-            trie = self._tries.get(scored)
-            if trie is None:
-                trie = self._tries[scored] = LabelTrie.for_model(
-                    self.tokenizer, sorted(self.engine.eos_ids), scored
-                )
-        annotation = Annotation(
-            chat=isinstance(body, ChatCompletionRequest),
-            speller=self._speller,
-            top=top,
-            labels=scored,
-            abstention=abstention if scored else None,
-        )
-        return dataclasses.replace(params, logprobs=top, labels=trie), annotation
 
     def _contract(self, body: SamplingBody, adapter: AdapterRecord | None) -> OutputContract:
         """The request's response_format if it has one, else the adapter's default contract: the
@@ -478,51 +445,6 @@ class ModelServer:
             ids = list(prompt)  # type: ignore[arg-type]
             return self.tokenizer.decode(ids), ids
         raise APIError(400, "send one prompt (a string or a list of token ids) per request", param="prompt")
-
-    def _sampling(
-        self, body: SamplingBody, n_prompt: int, max_tokens: int | None, default_max: int, param: str
-    ) -> SamplingParams:
-        limit = self.options
-        if n_prompt == 0:
-            raise APIError(400, "the prompt is empty", param=param)
-        if n_prompt > limit.max_prompt_tokens:
-            raise APIError(
-                400,
-                f"the prompt has {n_prompt} tokens; this server accepts at most {limit.max_prompt_tokens}",
-                param=param,
-                code="context_length_exceeded",
-            )
-        room = self.max_model_len - n_prompt
-        if room < 1:
-            raise APIError(
-                400,
-                f"the prompt has {n_prompt} tokens; the model's context is {self.max_model_len}",
-                param=param,
-                code="context_length_exceeded",
-            )
-        if max_tokens is not None and max_tokens > limit.max_tokens_limit:
-            raise APIError(
-                400,
-                f"max_tokens is {max_tokens}; this server allows at most {limit.max_tokens_limit}",
-                param="max_tokens",
-                code="invalid_value",
-            )
-        if max_tokens is not None and max_tokens > room:
-            raise APIError(
-                400,
-                f"this model's context is {self.max_model_len} tokens: the prompt has {n_prompt} and "
-                f"max_tokens asks for {max_tokens}; reduce the prompt or max_tokens",
-                param="max_tokens",
-                code="context_length_exceeded",
-            )
-        return SamplingParams(
-            max_tokens=max_tokens or min(default_max, room, limit.max_tokens_limit),
-            temperature=1.0 if body.temperature is None else body.temperature,
-            top_p=1.0 if body.top_p is None else body.top_p,
-            stop=body.stop_list(),
-            seed=body.seed,
-            ignore_eos=body.ignore_eos,
-        )
 
     async def _stream(self, ctx: _Context, handle: RequestHandle, events: asyncio.Queue):
         reply = ctx.reply
