@@ -5,6 +5,10 @@ report of a 100k-row file stays readable. Duplicate and leakage checks compare *
 requests (case, whitespace and punctuation ignored) because those are the copies that silently
 inflate test scores; near-duplicates use MinHash over character 3-grams so the check stays linear
 in the number of rows.
+
+Over 500 lines because it is the one place that builds the DataReport: each check is a short
+function over the same rows; near-duplicates and preference checks already live apart
+(data/near_duplicates.py, data/preference.py).
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ Every row becomes the normal form `Example` (prompt `messages`, `completion` = t
 reply) with the rest under `meta["preference"]`, so splitting, split files, the output contract
 and evaluation with the chosen reply as reference work exactly as for supervised runs; a typed
 `PreferencePair` / `RatedReply` is read back from such an example with `preference_row`.
+
+Over 500 lines because reading each preference shape and checking it share the typed rows and
+their Source; splitting parsing from checks is the next step if it grows.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ requests may name, the request log and the metrics.
 into OpenAI's response, and owns everything that outlives one request. It knows nothing of
 routing or middleware (see `app.py`), nor of the drift monitor, which sits in a layer above
 serving: the drift report is computed by a `DriftProvider` that the caller passes in.
+
+Slightly over 500 lines: request handling from admission to streamed reply; the token budget
+(serve/budget.py), logprobs and abstention (serve/logprobs.py) and the engine are apart.
 """
 
 from __future__ import annotations

@@ -60,6 +60,7 @@ from specialize.train.sft import (
     check_run_dir,
     is_main_process,
     lora_config,
+    schedule_arguments,
 )
 from specialize.train.trackers import requested_trackers, tracker_callbacks
 
@@ -296,22 +297,7 @@ def _trainer_args(
 
     method = config.method
     common: dict[str, Any] = dict(
-        output_dir=str(run.checkpoints),
-        num_train_epochs=config.train.epochs,
-        max_steps=config.train.max_steps or -1,
-        per_device_train_batch_size=config.train.batch_size,
-        per_device_eval_batch_size=config.train.batch_size,
-        gradient_accumulation_steps=config.train.grad_accum,
-        learning_rate=config.learning_rate,
-        warmup_steps=config.train.warmup_ratio,
-        weight_decay=config.train.weight_decay,
-        lr_scheduler_type=config.train.lr_scheduler,
-        logging_steps=config.train.log_every,
-        eval_strategy="steps" if has_val else "no",
-        eval_steps=config.train.eval_every,
-        save_strategy="steps",
-        save_steps=config.train.eval_every,
-        save_total_limit=config.train.keep_checkpoints,
+        **schedule_arguments(config, run, has_val=has_val),
         seed=config.seed,
         data_seed=config.seed,
         bf16=bf16,

@@ -42,6 +42,30 @@ class TrainResult:
     record: RunRecord | None
 
 
+def schedule_arguments(config: RunConfig, run: RunDir, *, has_val: bool) -> dict[str, Any]:
+    """The Trainer arguments every run takes from its config (epochs, batch, learning-rate schedule,
+    logging, evaluation and checkpoint cadence), shared by SFT and the preference trainers (TRL's
+    configs are TrainingArguments subclasses), so one config means the same schedule for both."""
+    return dict(
+        output_dir=str(run.checkpoints),
+        num_train_epochs=config.train.epochs,
+        max_steps=config.train.max_steps or -1,
+        per_device_train_batch_size=config.train.batch_size,
+        per_device_eval_batch_size=config.train.batch_size,
+        gradient_accumulation_steps=config.train.grad_accum,
+        learning_rate=config.learning_rate,
+        warmup_steps=config.train.warmup_ratio,  # a float < 1 is a ratio of the total steps
+        weight_decay=config.train.weight_decay,
+        lr_scheduler_type=config.train.lr_scheduler,
+        logging_steps=config.train.log_every,
+        eval_strategy="steps" if has_val else "no",
+        eval_steps=config.train.eval_every,
+        save_strategy="steps",
+        save_steps=config.train.eval_every,
+        save_total_limit=config.train.keep_checkpoints,
+    )
+
+
 def train(
     config: RunConfig,
     out: str | Path,
@@ -114,22 +138,7 @@ def train(
     early_stop = has_val and config.train.early_stopping_patience is not None
     on_cuda = loaded.model.device.type == "cuda"
     args = TrainingArguments(
-        output_dir=str(run.checkpoints),
-        num_train_epochs=config.train.epochs,
-        max_steps=config.train.max_steps or -1,
-        per_device_train_batch_size=config.train.batch_size,
-        per_device_eval_batch_size=config.train.batch_size,
-        gradient_accumulation_steps=config.train.grad_accum,
-        learning_rate=config.learning_rate,
-        warmup_steps=config.train.warmup_ratio,  # a float < 1 is a ratio of the total steps
-        weight_decay=config.train.weight_decay,
-        lr_scheduler_type=config.train.lr_scheduler,
-        logging_steps=config.train.log_every,
-        eval_strategy="steps" if has_val else "no",
-        eval_steps=config.train.eval_every,
-        save_strategy="steps",
-        save_steps=config.train.eval_every,
-        save_total_limit=config.train.keep_checkpoints,
+        **schedule_arguments(config, run, has_val=has_val),
         load_best_model_at_end=early_stop,
         metric_for_best_model="eval_loss" if early_stop else None,
         greater_is_better=False if early_stop else None,
