@@ -73,8 +73,10 @@ class MethodConfig(_Section):
     )
     from_run: str | None = Field(
         None,
-        description="dpo/kto: an earlier LoRA run directory whose adapter is both the starting point "
-        "and the reference model (default: a new adapter on the base, the base as reference).",
+        description="An earlier LoRA run directory whose adapter this run starts from, on its base. "
+        "lora/qlora: training continues that adapter on this run's rows (its rank and targets are kept); "
+        "dpo/kto: it is both the starting point and the reference model (default: a new adapter on the "
+        "base, the base as reference).",
     )
     beta: float = Field(
         0.1, gt=0, description="dpo/kto: how far the tuned model may move from the reference (higher: less)."
@@ -109,12 +111,16 @@ class MethodConfig(_Section):
                 f"variant '{self.variant}' is a kind of LoRA adapter; kind 'full' trains no adapter "
                 "(use kind: lora or qlora, or drop the variant)"
             )
+        if self.kind == "full" and self.from_run is not None:
+            raise ValueError(
+                "from_run continues an earlier LoRA adapter; kind 'full' trains the whole model "
+                "(use kind: lora, or drop from_run)"
+            )
         if not self.preference:
-            for key in ("from_run", "loss_type"):
-                if getattr(self, key) is not None:
-                    raise ValueError(
-                        f"{key} is for preference tuning (kind: dpo or kto), not kind '{self.kind}'"
-                    )
+            if self.loss_type is not None:
+                raise ValueError(
+                    f"loss_type is for preference tuning (kind: dpo or kto), not kind '{self.kind}'"
+                )
         elif self.loss_type is not None:
             known = DPO_LOSSES if self.kind == "dpo" else KTO_LOSSES
             if self.loss_type not in known:

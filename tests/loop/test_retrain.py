@@ -156,6 +156,35 @@ def test_a_worse_challenger_is_kept_out(parent, fresh_registry, tmp_path):
     assert (tmp_path / "r" / "decision.json").is_file() and (tmp_path / "r" / "new_holdout.jsonl").is_file()
 
 
+def test_from_parent_starts_the_challenger_from_the_current_adapter(parent, fresh_registry, tmp_path):
+    """The same one warm-up step as above: a new adapter is still the untrained base (worse on the
+    old test split), a challenger started from the parent's adapter is still the parent (the same
+    answers, so no worse), and its run records where it started."""
+    from specialize.run_dir import RunDir
+
+    root, _ = parent
+    new = _write(tmp_path / "new.jsonl", _rows(NEW, 100, 20))
+    options = RetrainOptions(out=tmp_path / "r", max_steps=1, from_parent=True)
+    decision = retrain("bank", NewRows(data=[new]), options, registry=fresh_registry)
+    assert decision.from_parent and decision.old_test.diff == 0, decision.old_test
+    challenger = RunDir(Path(decision.challenger_run))
+    assert challenger.config().method.from_run == str((root / "parent").resolve())
+    assert challenger.record().from_run == str((root / "parent").resolve())
+
+
+def test_from_parent_refuses_a_full_fine_tune(tmp_path):
+    from specialize.config import parse_config
+    from specialize.errors import ConfigError
+    from specialize.loop.retrain import _challenger_config
+    from specialize.run_dir import RunDir
+
+    config = parse_config({"method": {"kind": "full"}})
+    with pytest.raises(ConfigError, match="--from-parent continues the parent's LoRA adapter"):
+        _challenger_config(
+            config, tmp_path / "a", tmp_path / "b", RetrainOptions(from_parent=True), RunDir(tmp_path)
+        )
+
+
 def test_the_cli_retrain_exits_5_when_kept(parent, fresh_registry, tmp_path):
     from typer.testing import CliRunner
 

@@ -214,7 +214,8 @@ def test_preference_config_is_validated():
     for method, message in (
         ({"kind": "dpo", "loss_type": "sigmod"}, "did you mean 'sigmoid'"),
         ({"kind": "kto", "loss_type": "ipo"}, "not a kto loss"),
-        ({"kind": "lora", "from_run": "runs/x"}, "from_run is for preference tuning"),
+        ({"kind": "full", "from_run": "runs/x"}, "kind 'full' trains the whole model"),
+        ({"kind": "lora", "loss_type": "sigmoid"}, "loss_type is for preference tuning"),
         ({"kind": "dpo", "beta": 0}, "method.beta: Input should be greater than 0"),
     ):
         with pytest.raises(ConfigError, match=message):

@@ -71,7 +71,7 @@ def check(
     run_config = resolve_run_config(config, {}) if config is not None else None
     if run_config is not None and run_config.method.from_run:
         # A preference run on top of another trains that run's base: count tokens with its tokenizer.
-        from specialize.train.preference import inherit_parent, parent_run
+        from specialize.train.parent import inherit_parent, parent_run
 
         run_config = inherit_parent(run_config, parent_run(run_config.method.from_run))
     if run_config is not None:

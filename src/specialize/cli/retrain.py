@@ -53,6 +53,12 @@ def retrain(
     epochs: Annotated[
         float | None, typer.Option("--epochs", help="Override the parent's train.epochs.")
     ] = None,
+    from_parent: Annotated[
+        bool,
+        typer.Option(
+            "--from-parent", help="Start the challenger from the current version's adapter, not a new one."
+        ),
+    ] = False,
     no_promote: Annotated[
         bool, typer.Option("--no-promote", help="Decide and register the challenger, but do not switch.")
     ] = False,
@@ -75,6 +81,7 @@ def retrain(
         max_steps=max_steps,
         epochs=epochs,
         promote=not no_promote,
+        from_parent=from_parent,
     )
     with console.status(f"retraining {name}"):
         decision = run_retrain(name, rows, options, registry=AdapterRegistry(registry))

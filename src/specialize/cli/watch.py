@@ -45,6 +45,9 @@ def watch(
     max_steps: Annotated[
         int | None, typer.Option("--max-steps", help="Retrain: override train.max_steps.")
     ] = None,
+    from_parent: Annotated[
+        bool, typer.Option("--from-parent", help="Retrain: start from the current version's adapter.")
+    ] = False,
     runs: Annotated[Path, typer.Option("--runs", help="Where retrain directories go.")] = Path("runs"),
     registry: RegistryOpt = None,
 ) -> None:
@@ -70,7 +73,7 @@ def watch(
         webhook=webhook,
         drift_config=config,
         window=window,
-        retrain=RetrainOptions(margin=margin, max_steps=max_steps),
+        retrain=RetrainOptions(margin=margin, max_steps=max_steps, from_parent=from_parent),
         retrain_root=runs,
     )
     store = AdapterRegistry(registry)

@@ -72,6 +72,7 @@ class RetrainDecision(BaseModel):
     parent_run: str
     margin: float
     confidence: float = 0.95
+    from_parent: bool = False  # the challenger started from the current version's adapter
     old_test: SetComparison
     new_rows: SetComparison
     rows: RowCounts

@@ -62,9 +62,10 @@ class RunRecord(BaseModel):
     trainable_parameters: int | None = None
     report_to: list[str] = Field(default_factory=list, description="Experiment trackers that got the logs.")
     finished_at: str | None = None
-    # Preference runs (method dpo | kto): the parent run whose adapter was the start and the
-    # reference (None: the base), TRL's beta and loss, and the last logged implicit-reward
-    # accuracy and margin (chosen minus rejected reward) on training batches.
+    # The parent run whose adapter was the start (method.from_run; None: a new adapter), for
+    # preference runs also the reference. Preference runs (method dpo | kto) also record TRL's
+    # beta and loss, and the last logged implicit-reward accuracy and margin (chosen minus
+    # rejected reward) on training batches.
     from_run: str | None = None
     beta: float | None = None
     loss_type: str | None = None

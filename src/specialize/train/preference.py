@@ -29,7 +29,6 @@ import random
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +49,9 @@ from specialize.models.load import load_model
 from specialize.models.registry import weights_fingerprint
 from specialize.outputs import detect_task
 from specialize.records.run import BaseModelRecord, ExampleCounts, RunRecord
-from specialize.run_dir import RunDir, open_run
+from specialize.run_dir import RunDir
 from specialize.train.callbacks import MetricsLogCallback, ProgressCallback, TrainProgress
+from specialize.train.parent import ParentRun, inherit_parent, parent_run
 from specialize.train.sft import (
     EAGER_MAX_ROW_TOKENS,
     TrainResult,
@@ -69,51 +69,6 @@ log = logging.getLogger(__name__)
 # metrics.jsonl keys TRL logs for a preference step, kept in run.json from the last log line.
 REWARD_ACCURACY = "rewards/accuracies"
 REWARD_MARGIN = "rewards/margins"
-
-
-@dataclass(frozen=True)
-class ParentRun:
-    """The earlier run a preference run starts from (`method.from_run`)."""
-
-    run: RunDir
-    config: RunConfig
-    adapter: Path
-
-
-def parent_run(path: str | Path) -> ParentRun:
-    """The `from_run` directory, checked: a finished run with a LoRA adapter."""
-    try:
-        run = open_run(path)
-    except RunError as exc:
-        raise ConfigError(f"method.from_run: {exc}") from None
-    if not run.finished:
-        raise ConfigError(f"method.from_run: {run.path} has not finished training (no run.json)")
-    adapter = run.weights_dir()
-    if adapter != run.adapter:
-        raise ConfigError(
-            f"method.from_run: {run.path} is a full fine-tune (model/); preference tuning continues a LoRA "
-            "adapter (train the parent with method.kind: lora)"
-        )
-    return ParentRun(run=run, config=run.config(), adapter=adapter)
-
-
-def inherit_parent(config: RunConfig, parent: ParentRun) -> RunConfig:
-    """The config with what it must share with its parent: the base (the adapter only fits that
-    one) and the prompt settings (the tuned model is served as the parent was)."""
-    config = config.model_copy(deep=True)
-    base = parent.config.model.base
-    if "base" in config.model.model_fields_set and config.model.base != base:
-        raise ConfigError(
-            f"model.base is {config.model.base!r} but method.from_run {parent.run.path} was trained on "
-            f"{base!r}; drop model.base (it is taken from the parent run) or train the parent on it"
-        )
-    config.model.base = base
-    # Evaluation finds the parent (the reference) through the saved config, from any directory.
-    config.method.from_run = str(parent.run.path.resolve())
-    for key in ("system_prompt", "prompt_template", "input_field"):
-        if getattr(config.data, key) is None and getattr(parent.config.data, key) is not None:
-            setattr(config.data, key, getattr(parent.config.data, key))
-    return config
 
 
 def train_preference(

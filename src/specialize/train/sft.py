@@ -30,6 +30,7 @@ from specialize.records.run import BaseModelRecord, ExampleCounts, RunRecord
 from specialize.run_dir import RunDir
 from specialize.train.callbacks import MetricsLogCallback, ProgressCallback, TrainProgress
 from specialize.train.collator import CompletionCollator, EncodedDataset, PackedCollator, supervised_loss
+from specialize.train.parent import inherit_parent, parent_run
 from specialize.train.trackers import requested_trackers, tracker_callbacks
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,11 @@ def train(
     checkpoint = check_run_dir(run, resume, main)
     if resume:
         config = run.config()
+    # Continuing an earlier adapter (method.from_run): checked, and its base and prompt inherited,
+    # before anything is loaded or written.
+    parent = parent_run(config.method.from_run) if config.method.from_run else None
+    if parent is not None and not resume:
+        config = inherit_parent(config, parent)
     torch.set_num_threads(config.train.threads or os.cpu_count() or 1)
     set_seed(config.seed)
 
@@ -131,7 +137,7 @@ def train(
     attention = attention_kernel(config, loaded.model.device.type, train_set, val_set)
     if attention is not None:
         loaded.model.set_attn_implementation(attention)
-    model = _prepare_model(loaded.model, config)
+    model = _prepare_model(loaded.model, config, parent.adapter if parent is not None else None)
 
     report_to, tracker_cbs = tracker_callbacks(trackers, run.tensorboard, main)
     has_val = val_set is not None and len(val_set) > 0
@@ -211,6 +217,7 @@ def train(
             trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
             report_to=trackers,
             finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            from_run=config.method.from_run,
         )
         run.write_record(record)
     return TrainResult(run=run, record=record)
@@ -296,13 +303,15 @@ def _checkpoint_step(checkpoint: Path | None) -> int:
     return int(checkpoint.name.rsplit("-", 1)[-1]) if checkpoint else 0
 
 
-def _prepare_model(model: Any, config: RunConfig) -> Any:
+def _prepare_model(model: Any, config: RunConfig, start_adapter: Path | None = None) -> Any:
     """The model the Trainer trains: the base itself (full), or the base wrapped in PEFT's LoRA
-    layers of the configured variant (DoRA's magnitude vectors, rsLoRA's alpha/sqrt(r) scaling)."""
+    layers of the configured variant (DoRA's magnitude vectors, rsLoRA's alpha/sqrt(r) scaling);
+    with `start_adapter` (method.from_run), that adapter loaded trainable instead, its own rank
+    and targets kept, so training continues where the parent run stopped."""
     method = config.method
     if not method.adapter:
         return model
-    from peft import get_peft_model, prepare_model_for_kbit_training
+    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 
     if method.kind == "qlora":
         # PEFT's recipe for a k-bit base: the remaining non-quantised weights (norms, embeddings)
@@ -310,6 +319,8 @@ def _prepare_model(model: Any, config: RunConfig) -> Any:
         # model (SmolLM2-135M: the fp32 embedding is 108 of its 159 MiB of frozen weights). No gradient
         # checkpointing: no other method uses it here.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if start_adapter is not None:
+        return PeftModel.from_pretrained(model, str(start_adapter), is_trainable=True)
     return get_peft_model(model, lora_config(method))
 
 
