@@ -41,12 +41,15 @@ def test_runs_page_lists_runs_and_shows_a_broken_one_without_failing(runs):
     broken.mkdir()
     (broken / "config.yaml").write_text("train: {epochs: [unclosed\n")
     (runs / "not-a-run").mkdir()
+    (runs / "group" / "inner").mkdir(parents=True)
+    (runs / "group" / "inner" / "config.yaml").write_text("seed: 1\n")
     page = client_for(runs).get("/")
     assert page.status_code == 200
     assert "/runs/demo" in page.text and "finished" in page.text and "classification" in page.text
     assert "fine-tuned: 0.83 accuracy" in page.text
     assert "broken" in page.text and "config.yaml" in page.text  # its problem, in its row
-    assert "not a run directory" in page.text
+    assert "not a run directory" in page.text and 'data-status="folder"' in page.text
+    assert f"it holds runs (inner): open them with specialize studio --runs {runs / 'group'}" in page.text
 
 
 def test_run_page_shows_config_data_curves_and_every_example(runs):

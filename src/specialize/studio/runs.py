@@ -25,7 +25,8 @@ from specialize.records.human import HumanEval
 from specialize.run_dir import RunDir
 from specialize.studio.jobs import Jobs
 
-Status = Literal["running", "finished", "failed"]
+# "folder": a folder of the runs folder that is not a run (no config.yaml), e.g. one holding runs.
+Status = Literal["running", "finished", "failed", "folder"]
 # A run without run.json whose metrics were written this recently is taken as still training
 # (by a `specialize train` started outside the studio).
 RECENT_SECONDS = 120.0
@@ -76,7 +77,8 @@ def summarize_run(path: Path, jobs: Jobs | None = None) -> RunSummary:
     summary = RunSummary(name=path.name, status=status_of(run, jobs))
     try:
         if not run.config_file.is_file():
-            summary.problem = "not a run directory (no config.yaml)"
+            summary.status = "folder"
+            summary.problem = "not a run directory (no config.yaml)" + _holds_runs(path)
             return summary
         config = run.config()
         summary.method = config.method.kind
@@ -93,6 +95,19 @@ def summarize_run(path: Path, jobs: Jobs | None = None) -> RunSummary:
     except Exception as exc:  # a damaged file is shown in the row, never an error page
         summary.problem = _problem(exc)
     return summary
+
+
+def _holds_runs(path: Path) -> str:
+    """A hint when a folder that is not a run holds runs (the loop demo's layout, say): the studio
+    lists one level, so it is opened on that folder."""
+    try:
+        inner = sorted(p.name for p in path.iterdir() if (p / "config.yaml").is_file())
+    except OSError:
+        return ""
+    if not inner:
+        return ""
+    shown = ", ".join(inner[:3]) + (", ..." if len(inner) > 3 else "")
+    return f"; it holds runs ({shown}): open them with specialize studio --runs {path}"
 
 
 def list_runs(runs: Path, jobs: Jobs | None = None) -> list[RunSummary]:
