@@ -5,7 +5,7 @@ On a finished run written by the fixture: open the runs page, open the run, filt
 to the fine-tuned model's errors and by a confusion-matrix cell, review five pairs with the
 keyboard (one with a typed correction), export them and check the exported files. Every page
 is saved as a screenshot (in the test's tmp folder, or SPECIALIZE_SCREENSHOTS=DIR);
-SPECIALIZE_DOCS_SCREENSHOTS=1 also refreshes the two in docs/images.
+SPECIALIZE_DOCS_SCREENSHOTS=1 writes the two in docs/images from the fixture run (the committed ones are of the real demo run).
 """
 
 from __future__ import annotations
