@@ -124,7 +124,8 @@ def test_win_rates_and_agreement_between_reviewers(run, tmp_path):
     # "first" lands on whichever contender the random order put first, so she is left out here.)
     careful = [j for j in store.judgments(source=run_source(run)) if j.reviewer != "eve"]
     careful_pair = next(
-        p for p in summarize(run_source(run), careful, lead="fine-tuned").pairs
+        p
+        for p in summarize(run_source(run), careful, lead="fine-tuned").pairs
         if {p.first, p.second} == {"fine-tuned", "zero-shot"}
     )
     right_only = Counter(
