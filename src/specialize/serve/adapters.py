@@ -457,6 +457,12 @@ class ResidentAdapters:
 
     # Any thread -----------------------------------------------------------------------------
 
+    def slot_of(self, key: str) -> int | None:
+        """The slot an adapter (by `AdapterRecord.key`) is installed in, None if not resident."""
+        with self._lock:
+            entry = self._entries.get(key)
+            return entry.slot if entry is not None else None
+
     def resident_keys(self) -> list[str]:
         with self._lock:
             return list(self._entries)

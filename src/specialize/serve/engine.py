@@ -5,9 +5,14 @@ One background thread owns the model. Every iteration of its loop:
 1. runs control commands (adapter loads and unloads) between forward passes, never during one;
 2. admits waiting requests while the batch has room: their prompts are prefilled together
    (left-padded, each row routed to its own adapter slot), their first token is sampled, and
-   their KV cache is merged into the running batch's cache (the shorter side is left-padded);
+   their KV cache is written into free slots of the running batch's cache (`kv_batch.SlotBatch`,
+   preallocated: nothing of the running rows is copied when a request joins or leaves);
+   A prompt longer than `prefill_chunk` tokens that arrives while rows are decoding is prefilled
+   in chunks instead, one chunk per iteration between decode steps, so that a long prompt delays
+   each running row by one chunk's forward pass at a time rather than by its whole prefill;
 3. runs one decode step for the whole batch, samples each row with its own parameters, and
-   drops the rows that finished (end of turn, a stop string, max_tokens, or cancellation).
+   frees the slots of the rows that finished (end of turn, a stop string, max_tokens, or
+   cancellation).
 
 A request may carry a compiled output constraint (`SamplingParams.constraint`): its row gets its
 own `ConstraintState`, the logits of constrained rows are masked before sampling (greedy or not;
@@ -32,7 +37,6 @@ from concurrent.futures import Future
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from specialize.constrain.contract import OutputContract
 from specialize.constrain.decoder import Constraint, compile_constraint, mask_logits
@@ -40,6 +44,7 @@ from specialize.errors import SpecializeError
 from specialize.evaluate.confidence import normalise, trie_log_probs
 from specialize.registry.store import AdapterRecord
 from specialize.serve.adapters import ResidentAdapters
+from specialize.serve.kv_batch import SlotBatch
 from specialize.serve.requests import (
     Completion,
     EngineStopped,
@@ -66,9 +71,10 @@ class Engine:
         max_batch: int = 16,
         max_queue: int = 64,
         eos_token_ids: Sequence[int] | None = None,
+        prefill_chunk: int = 256,
     ):
-        if max_batch < 1 or max_queue < 1:
-            raise ValueError("max_batch and max_queue must be at least 1")
+        if max_batch < 1 or max_queue < 1 or prefill_chunk < 1:
+            raise ValueError("max_batch, max_queue and prefill_chunk must be at least 1")
         self.model = model.eval()
         # A private copy: the HTTP threads encode with the shared tokenizer while this thread decodes.
         self.tokenizer = copy.deepcopy(tokenizer)
@@ -80,9 +86,9 @@ class Engine:
         self._cv = threading.Condition()
         self._waiting: deque[RequestHandle] = deque()
         self._commands: deque[tuple[Callable[[], Any], Future]] = deque()
-        self._rows: list[RunningRow] = []
-        self._cache: Any = None
-        self._mask: torch.Tensor | None = None
+        self._batch = SlotBatch(max_batch)
+        self.prefill_chunk = prefill_chunk
+        self._chunked: deque[_ChunkedPrefill] = deque()  # long prompts being prefilled in chunks
         self._accepting = True
         self._stopping = False
         self._drain = True
@@ -176,7 +182,11 @@ class Engine:
 
     @property
     def running(self) -> int:
-        return len(self._rows)
+        return self._batch.count + len(self._chunked)
+
+    def _running_rows(self) -> list[RunningRow]:
+        """Every admitted row that has not finished: decoding, or still being prefilled in chunks."""
+        return [self._batch.rows[i] for i in self._batch.occupied] + [c.row for c in self._chunked]
 
     # The loop (engine thread) ---------------------------------------------------------------
 
@@ -184,7 +194,7 @@ class Engine:
         while True:
             with self._cv:
                 while True:
-                    busy = bool(self._waiting or self._rows)
+                    busy = bool(self._waiting or self._batch.count or self._chunked)
                     finished = self._stopping and (not busy or not self._drain)
                     if self._commands or finished or (busy and not self._paused):
                         break
@@ -197,16 +207,23 @@ class Engine:
                 self._abandon(EngineStopped("the server stopped before this request ran"))
                 return
             try:
-                self._admit()
-                if self._rows and not self._paused:
-                    self._decode()
+                self._iterate()
             except Exception as exc:  # keep serving: fail the batch, not the server
                 log.exception("decode step failed")
-                self._fail_rows(self._rows, exc)
-                self._rows, self._cache, self._mask = [], None, None
+                self._fail_rows(self._running_rows(), exc)
+                self._batch.clear()
+                self._chunked.clear()
+
+    def _iterate(self) -> None:
+        """One turn of the loop: admit what fits, one chunk of a long prompt, one decode step."""
+        self._admit()
+        if self._chunked and not self._paused:
+            self._prefill_chunk()
+        if self._batch.count and not self._paused:
+            self._decode()
 
     def _admit(self) -> None:
-        room = self.max_batch - len(self._rows)
+        room = self.max_batch - self._batch.count - len(self._chunked)
         with self._cv:
             if room <= 0 or self._paused or not self._waiting:
                 return
@@ -228,12 +245,51 @@ class Engine:
                 break
             handle.admitted = time.perf_counter()
             rows.append(RunningRow(handle, slot))
+        if self._batch.count or self._chunked:  # rows are decoding: long prompts wait their turn
+            for row in [r for r in rows if len(r.handle.prompt_ids) > self.prefill_chunk]:
+                rows.remove(row)
+                self._chunked.append(_ChunkedPrefill(row))
         if rows:
             try:
                 self._prefill(rows)
             except Exception as exc:
                 log.exception("prefill failed")
                 self._fail_rows(rows, exc)
+
+    @torch.inference_mode()
+    def _prefill_chunk(self) -> None:
+        """The next `prefill_chunk` tokens of the oldest chunked prompt, alone, into its own cache;
+        after the last chunk its first token is sampled and it joins the running batch."""
+        job = self._chunked[0]
+        row, prompt, device = job.row, job.row.handle.prompt_ids, self.model.device
+        if row.handle.cancelled:
+            self._chunked.popleft()
+            row.finish_reason = "cancelled"
+            self._finish(row)
+            return
+        ids = prompt[job.done : job.done + self.prefill_chunk]
+        try:
+            self.adapters.route([row.slot])
+            out = self.model(
+                input_ids=torch.tensor([ids], device=device),
+                attention_mask=torch.ones((1, job.done + len(ids)), dtype=torch.long, device=device),
+                position_ids=torch.arange(job.done, job.done + len(ids), device=device).unsqueeze(0),
+                past_key_values=job.cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        except Exception as exc:
+            log.exception("request %d: chunked prefill failed", row.handle.id)
+            self._chunked.popleft()
+            self._fail_rows([row], exc)
+            return
+        job.cache = out.past_key_values
+        job.done += len(ids)
+        if job.done < len(prompt):
+            return
+        self._chunked.popleft()
+        self.prefills += 1
+        self._start(out.logits[:, -1, :], [row], job.cache, torch.ones((1, len(prompt)), dtype=torch.long))
 
     @torch.inference_mode()
     def _prefill(self, rows: list[RunningRow]) -> None:
@@ -255,7 +311,13 @@ class Engine:
             logits_to_keep=1,
         )
         self.prefills += 1
-        tokens, logprobs = self._sample(out.logits[:, -1, :], rows)
+        self._start(out.logits[:, -1, :], rows, out.past_key_values, mask)
+
+    def _start(self, logits: torch.Tensor, rows: list[RunningRow], cache: Any, mask: torch.Tensor) -> None:
+        """Prefilled rows: sample their first tokens, finish the ones already done, and put the
+        others (with their rows of `cache` and `mask`) into free slots of the running batch."""
+        device = logits.device
+        tokens, logprobs = self._sample(logits, rows)
         keep = []
         for i, (row, token) in enumerate(zip(rows, tokens, strict=True)):
             if row.accept(token, self.tokenizer, self.eos_ids, logprobs[i]):
@@ -265,77 +327,54 @@ class Engine:
         self.generated_tokens += len(rows)
         if not keep:
             return
-        cache, mask = out.past_key_values, mask.to(device)
         if len(keep) < len(rows):
             index = torch.tensor(keep, device=device)
             _select(cache, index)
             mask = mask.index_select(0, index)
-        self._merge(cache, mask, [rows[i] for i in keep])
-
-    def _merge(self, cache: Any, mask: torch.Tensor, rows: list[RunningRow]) -> None:
-        if not self._rows:
-            self._cache, self._mask, self._rows = cache, mask, rows
-            return
-        assert self._mask is not None
-        have, new = self._mask.shape[1], mask.shape[1]
-        if have < new:
-            _pad_left(self._cache, new - have)
-            self._mask = F.pad(self._mask, (new - have, 0))
-        elif new < have:
-            _pad_left(cache, have - new)
-            mask = F.pad(mask, (have - new, 0))
-        for mine, theirs in zip(self._cache.layers, cache.layers, strict=True):
-            mine.keys = torch.cat([mine.keys, theirs.keys])
-            mine.values = torch.cat([mine.values, theirs.values])
-        self._mask = torch.cat([self._mask, mask])
-        self._rows = self._rows + rows
+        self._batch.place([rows[i] for i in keep], cache, mask)
 
     @torch.inference_mode()
     def _decode(self) -> None:
-        rows = self._rows
-        assert self._mask is not None
+        batch = self._batch
+        slots: list[RunningRow | None] = batch.rows[: batch.live]
         device = self.model.device
-        ids = torch.tensor([[r.pending] for r in rows], dtype=torch.long, device=device)
-        positions = torch.tensor([[r.position] for r in rows], dtype=torch.long, device=device)
-        mask = F.pad(self._mask, (0, 1), value=1)
-        self.adapters.route([r.slot for r in rows])
+        # A free slot below `live` runs a pad token at position 0 (see kv_batch: it must stay finite).
+        ids = torch.tensor(
+            [[r.pending if r else self.pad_id] for r in slots], dtype=torch.long, device=device
+        )
+        positions = torch.tensor([[r.position if r else 0] for r in slots], dtype=torch.long, device=device)
+        mask = batch.step_mask()
+        self.adapters.route([r.slot if r else 0 for r in slots])
         out = self.model(
             input_ids=ids,
-            attention_mask=mask,
+            attention_mask=mask.to(device),
             position_ids=positions,
-            past_key_values=self._cache,
+            past_key_values=batch.model_cache(),
             use_cache=True,
             logits_to_keep=1,
         )
-        self._mask = mask
+        batch.advance()
+        occupied = batch.occupied
+        rows = [slots[i] for i in occupied]
+        logits = out.logits[:, -1, :]
+        if len(occupied) < len(slots):
+            logits = logits[torch.tensor(occupied, device=logits.device)]
         self.steps += 1
         self.step_rows += len(rows)
         self.generated_tokens += len(rows)
-        tokens, logprobs = self._sample(out.logits[:, -1, :], rows)
-        keep = []
-        for i, (row, token) in enumerate(zip(rows, tokens, strict=True)):
+        tokens, logprobs = self._sample(logits, rows)
+        finished = []
+        for i, (slot, row, token) in enumerate(zip(occupied, rows, tokens, strict=True)):
             row.position += 1
             if row.handle.cancelled:
                 row.finish_reason = "cancelled"
                 self._finish(row)
+                finished.append(slot)
             elif row.accept(token, self.tokenizer, self.eos_ids, logprobs[i]):
                 self._finish(row)
-            else:
-                keep.append(i)
-        if len(keep) == len(rows):
-            return
-        if not keep:
-            self._rows, self._cache, self._mask = [], None, None
-            return
-        index = torch.tensor(keep, device=device)
-        _select(self._cache, index)
-        self._mask = self._mask.index_select(0, index)
-        self._rows = [rows[i] for i in keep]
-        # Columns that are padding in every remaining row are dead weight for attention.
-        first = int(self._mask.any(0).int().argmax())
-        if first > 0:
-            _trim_left(self._cache, first)
-            self._mask = self._mask[:, first:]
+                finished.append(slot)
+        if finished:
+            batch.release(finished)
 
     def _sample(
         self, logits: torch.Tensor, rows: list[RunningRow]
@@ -408,8 +447,9 @@ class Engine:
             self._waiting.clear()
         for handle in waiting:
             handle.emit("error", exc)
-        self._fail_rows(self._rows, exc)
-        self._rows, self._cache, self._mask = [], None, None
+        self._fail_rows(self._running_rows(), exc)
+        self._batch.clear()
+        self._chunked.clear()
 
     @torch.inference_mode()
     def _check_cache_layout(self) -> None:
@@ -425,6 +465,17 @@ class Engine:
                 f"{type(self.model).__name__} uses a KV cache without plain full-attention layers "
                 "(sliding window or recurrent); the batching server does not support it yet"
             )
+
+
+class _ChunkedPrefill:
+    """A long prompt being prefilled a chunk at a time: its row, its own cache, tokens done."""
+
+    __slots__ = ("row", "cache", "done")
+
+    def __init__(self, row: RunningRow):
+        self.row = row
+        self.cache: Any = None
+        self.done = 0
 
 
 def _token_logprob(logp: torch.Tensor, token: int, top: int) -> TokenLogprob:
@@ -469,19 +520,8 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
     return {i for i in ids if i is not None}
 
 
-def _pad_left(cache: Any, n: int) -> None:
-    for layer in cache.layers:
-        layer.keys = F.pad(layer.keys, (0, 0, n, 0))
-        layer.values = F.pad(layer.values, (0, 0, n, 0))
-
-
 def _select(cache: Any, index: torch.Tensor) -> None:
+    """Keep the prefilled rows at `index` (the others finished on their first token)."""
     for layer in cache.layers:
         layer.keys = layer.keys.index_select(0, index)
         layer.values = layer.values.index_select(0, index)
-
-
-def _trim_left(cache: Any, n: int) -> None:
-    for layer in cache.layers:
-        layer.keys = layer.keys[:, :, n:, :]
-        layer.values = layer.values[:, :, n:, :]

@@ -31,6 +31,11 @@ class ServeOptions(BaseModel):
     api_keys: list[str] = Field(default_factory=list, description="Accepted bearer tokens; empty = no auth.")
     max_batch: int = Field(16, ge=1, description="Requests decoded together in one forward pass.")
     max_queue: int = Field(64, ge=1, description="Waiting requests beyond the batch; more get 503.")
+    prefill_chunk: int = Field(
+        256,
+        ge=1,
+        description="Longer prompts arriving while others decode are prefilled this many tokens at a time.",
+    )
     max_resident_adapters: int = Field(32, ge=1, description="Adapters kept in memory (LRU).")
     max_lora_rank: int = Field(64, ge=1)
     max_body_bytes: int = Field(1 << 20, ge=1024)

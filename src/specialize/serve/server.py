@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from specialize.constrain import NONE, OutputContract, contract_from_response_format
 from specialize.errors import ConstraintError, DataError, RunError, SpecializeError
 from specialize.models.chat import render_prompt
-from specialize.models.load import load_model
+from specialize.models.load import inference_dtype, load_model
 from specialize.models.registry import weights_fingerprint
 from specialize.registry.errors import AdapterNotFoundError, IncompatibleAdapterError
 from specialize.registry.store import AdapterRecord, AdapterRegistry, check_compatible, check_name
@@ -97,7 +97,9 @@ class ModelServer:
         if options.threads:
             torch.set_num_threads(options.threads)
         self.options = options
-        self.loaded = loaded if loaded is not None else load_model(options.model, dtype=options.dtype)
+        self.loaded = (
+            loaded if loaded is not None else load_model(options.model, dtype=inference_dtype(options.dtype))
+        )
         self.tokenizer = self.loaded.tokenizer
         self.base_id = self.loaded.ref.model_id
         self.base_aliases = {self.base_id, self.loaded.ref.ref}
@@ -116,6 +118,7 @@ class ModelServer:
             adapters=self.resident,
             max_batch=options.max_batch,
             max_queue=options.max_queue,
+            prefill_chunk=options.prefill_chunk,
         )
         self.served: dict[str, AdapterRecord] = {}  # name -> its current version
         self._versions: dict[str, AdapterRecord] = {}  # "NAME@vN" -> that version, once asked for
