@@ -50,7 +50,11 @@ class ModelConfig(_Section):
     base: str = Field(DEFAULT_MODEL, description="Bundled alias, HF directory, .gguf file or cached hub id.")
     max_seq_len: int = Field(256, ge=8, le=131072, description="Longer examples are truncated.")
     dtype: Literal["auto", "f32", "f16", "bf16"] = Field(
-        "auto", description="auto: fp32 on CPU, bf16 on CUDA."
+        "auto",
+        description=(
+            "auto: for serving, evaluation and generate, bf16 where bf16 matmuls are native (CUDA, "
+            "CPUs with AVX512-BF16 or AMX) and fp32 elsewhere; training picks its own (train.precision)."
+        ),
     )
 
 

@@ -19,7 +19,7 @@ from specialize.constrain.contract import OutputContract
 from specialize.data.contract import DefaultContract, default_contract, run_contract
 from specialize.errors import ConfigError
 from specialize.models.chat import render_prompt
-from specialize.models.load import LoadedModel, load_model
+from specialize.models.load import LoadedModel, inference_dtype, load_model
 from specialize.records.run import RunRecord
 from specialize.run_dir import RunDir, open_run
 
@@ -65,11 +65,11 @@ def load_run(path: str | Any) -> TrainedModel:
     config = run.config()
     weights = run.weights_dir()
     if weights == run.full_model:
-        loaded = load_model(str(weights), dtype=config.model.dtype)
+        loaded = load_model(str(weights), dtype=inference_dtype(config.model.dtype))
     else:
         from peft import PeftModel
 
-        loaded = load_model(config.model.base, dtype=config.model.dtype)
+        loaded = load_model(config.model.base, dtype=inference_dtype(config.model.dtype))
         loaded.model = PeftModel.from_pretrained(loaded.model, str(weights))
     loaded.model.eval()
     record = run.record() if run.finished else None

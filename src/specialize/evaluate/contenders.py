@@ -23,7 +23,7 @@ from specialize.evaluate import prompts
 from specialize.evaluate.classic import NAME as CLASSIC_NAME
 from specialize.evaluate.classic import ClassicContender, ClassicUnavailable, fit_classic
 from specialize.inference import TrainedModel, load_run
-from specialize.models.load import LoadedModel, load_model
+from specialize.models.load import LoadedModel, inference_dtype, load_model
 from specialize.outputs import TaskKind
 from specialize.records.eval import Skipped
 
@@ -83,7 +83,9 @@ def _base_of(trained: TrainedModel) -> tuple[LoadedModel, Callable[[], Any]]:
     model = trained.loaded.model
     if hasattr(model, "disable_adapter"):  # a PEFT model: the same weights with the adapter off
         return trained.loaded, model.disable_adapter
-    return load_model(trained.config.model.base, dtype=trained.config.model.dtype), contextlib.nullcontext
+    return load_model(
+        trained.config.model.base, dtype=inference_dtype(trained.config.model.dtype)
+    ), contextlib.nullcontext
 
 
 def _extra(spec: dict[str, Any], test: list[Example], system: str) -> Contender:
@@ -92,7 +94,7 @@ def _extra(spec: dict[str, Any], test: list[Example], system: str) -> Contender:
         name = spec.get("name") or f"run {Path(spec['run']).name}"
         return Contender(name, "extra", other.loaded, [e.messages for e in test])
     if "model" in spec:
-        loaded = load_model(spec["model"])
+        loaded = load_model(spec["model"], dtype=inference_dtype("auto"))
         name = spec.get("name") or f"{spec['model']} zero-shot"
         return Contender(name, "extra", loaded, [prompts.zero_shot(e, system) for e in test])
     raise ConfigError(f"eval.extra_contenders: each entry needs 'run' or 'model', got {sorted(spec)}")

@@ -185,6 +185,18 @@ def native_bf16(device: str) -> bool:
         return False
 
 
+def inference_dtype(dtype: str, device: str | None = None) -> str:
+    """What `model.dtype: auto` means for a model that only runs forward passes (serving,
+    evaluation, `generate`): bf16 where bf16 matmuls are native (`native_bf16`), else fp32.
+
+    Training keeps `resolve_dtype`'s meaning of auto (fp32 on CPU) and picks its own precision,
+    since a full fine-tune must not update bf16 weights. Greedy answers in bf16 can differ from
+    fp32 ones on near-ties; `model.dtype: f32` keeps fp32 for a run whose answers must not move."""
+    if dtype != "auto":
+        return dtype
+    return "bf16" if native_bf16(device or default_device()) else "f32"
+
+
 def resolve_dtype(dtype: str, device: str) -> Any:
     import torch
 
