@@ -80,3 +80,19 @@ def test_tokenizer_without_template_gets_the_default(tiny_model_dir):
         [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
     )
     assert text.endswith("<|im_start|>assistant\n")
+
+
+def test_auto_dtype_for_inference_is_bf16_only_where_native(monkeypatch):
+    """Serving and evaluation run bf16 where bf16 matmuls are native and fp32 elsewhere; an
+    explicit dtype is kept; training's meaning of auto (`resolve_dtype`) stays fp32 on CPU."""
+    import torch
+
+    from specialize.models import load
+
+    monkeypatch.setattr(load, "native_bf16", lambda device: True)
+    assert load.inference_dtype("auto", "cpu") == "bf16"
+    assert load.inference_dtype("f32", "cpu") == "f32"
+    assert load.resolve_dtype("auto", "cpu") is torch.float32
+    monkeypatch.setattr(load, "native_bf16", lambda device: False)
+    assert load.inference_dtype("auto", "cpu") == "f32"
+    assert load.inference_dtype("bf16", "cpu") == "bf16"
