@@ -149,3 +149,18 @@ def test_placing_more_rows_than_free_slots_is_refused():
 
     with pytest.raises(ValueError, match="free slots"):
         batch.place(["a", "b"], Prefill(), torch.ones(2, 2, dtype=torch.long))
+
+
+def test_a_shared_prompt_start_is_prefilled_once_and_answers_do_not_change(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    rng = random.Random(3)
+    start = [rng.randrange(3, tokenizer.vocab_size) for _ in range(24)]  # a system turn, say
+    prompts = [start + [rng.randrange(3, tokenizer.vocab_size) for _ in range(n)] for n in (2, 5, 9, 1)]
+    engine = Engine(model, tokenizer, max_batch=4)
+    engine._check_cache_layout()
+    arrivals = [[(prompts[0], 6)], [], [(prompts[1], 6), (prompts[2], 6)], [(prompts[3], 6)]]
+    for prompt, max_tokens, completion in drive(engine, arrivals):
+        assert completion.token_ids == hf_greedy(model, prompt, max_tokens)
+    cache = engine.prefixes
+    # The first prompt had nothing to share with; every later one found the 24-token start.
+    assert (cache.misses, cache.hits) == (1, 2) and cache.shared([start + [7, 8]]) == start

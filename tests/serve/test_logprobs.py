@@ -162,7 +162,12 @@ def test_streamed_logprobs_equal_the_whole_response(served):
         t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content
     ]
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole.message.content
-    assert [(t.token, t.logprob) for t in streamed] == [(t.token, t.logprob) for t in whole.logprobs.content]
+    assert [t.token for t in streamed] == [t.token for t in whole.logprobs.content]
+    # Not bit-equal: the second request's prompt start comes from the prefix cache (prefilled
+    # apart), which moves float sums in the last digits.
+    assert [t.logprob for t in streamed] == pytest.approx(
+        [t.logprob for t in whole.logprobs.content], abs=1e-5
+    )
 
 
 def test_label_distribution_under_the_label_contract(served, runs, tiny_model_dir):

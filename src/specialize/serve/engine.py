@@ -7,6 +7,8 @@ One background thread owns the model. Every iteration of its loop:
    (left-padded, each row routed to its own adapter slot), their first token is sampled, and
    their KV cache is written into free slots of the running batch's cache (`kv_batch.SlotBatch`,
    preallocated: nothing of the running rows is copied when a request joins or leaves);
+   The part of the prompts that recent requests shared (the chat template's system turn, say) is
+   not prefilled again: its K/V comes from the per-adapter prefix cache (`prefix_cache.py`).
    A prompt longer than `prefill_chunk` tokens that arrives while rows are decoding is prefilled
    in chunks instead, one chunk per iteration between decode steps, so that a long prompt delays
    each running row by one chunk's forward pass at a time rather than by its whole prefill;
@@ -45,6 +47,7 @@ from specialize.evaluate.confidence import normalise, trie_log_probs
 from specialize.registry.store import AdapterRecord
 from specialize.serve.adapters import ResidentAdapters
 from specialize.serve.kv_batch import SlotBatch
+from specialize.serve.prefix_cache import PrefixCache
 from specialize.serve.requests import (
     Completion,
     EngineStopped,
@@ -72,6 +75,7 @@ class Engine:
         max_queue: int = 64,
         eos_token_ids: Sequence[int] | None = None,
         prefill_chunk: int = 256,
+        prefix_cache: bool = True,
     ):
         if max_batch < 1 or max_queue < 1 or prefill_chunk < 1:
             raise ValueError("max_batch, max_queue and prefill_chunk must be at least 1")
@@ -88,6 +92,7 @@ class Engine:
         self._commands: deque[tuple[Callable[[], Any], Future]] = deque()
         self._batch = SlotBatch(max_batch)
         self.prefill_chunk = prefill_chunk
+        self.prefixes = PrefixCache() if prefix_cache else None
         self._chunked: deque[_ChunkedPrefill] = deque()  # long prompts being prefilled in chunks
         self._accepting = True
         self._stopping = False
@@ -293,25 +298,43 @@ class Engine:
 
     @torch.inference_mode()
     def _prefill(self, rows: list[RunningRow]) -> None:
-        width = max(len(r.handle.prompt_ids) for r in rows)
+        """Prefill new rows together: the prefix their prompts share comes from the prefix cache
+        (computed once per adapter), the rest is laid out [prefix][padding][own suffix]."""
+        prefix = self.prefixes.shared([r.handle.prompt_ids for r in rows]) if self.prefixes else []
+        shared = len(prefix)
+        suffixes = [r.handle.prompt_ids[shared:] for r in rows]
+        width = max(len(s) for s in suffixes)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            prompt = row.handle.prompt_ids
-            ids[i, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-            mask[i, width - len(prompt) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        mask = torch.zeros((len(rows), shared + width), dtype=torch.long)
+        mask[:, :shared] = 1
+        for i, suffix in enumerate(suffixes):
+            ids[i, width - len(suffix) :] = torch.tensor(suffix, dtype=torch.long)
+            mask[i, shared + width - len(suffix) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
         device = self.model.device
+        cache = None
+        if shared and self.prefixes is not None:
+            cache = self.prefixes.batch_cache([(r.key, r.slot) for r in rows], prefix, self._prefill_prefix)
         self.adapters.route([r.slot for r in rows])
         out = self.model(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
             position_ids=positions.to(device),
+            past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
         )
         self.prefills += 1
         self._start(out.logits[:, -1, :], rows, out.past_key_values, mask)
+
+    def _prefill_prefix(self, slots: list[int], prefix: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """`prefix`'s K/V under each adapter slot, one row per slot, in one forward pass."""
+        device = self.model.device
+        self.adapters.route(slots)
+        out = self.model(
+            input_ids=torch.tensor([prefix] * len(slots), device=device), use_cache=True, logits_to_keep=1
+        )
+        return [(layer.keys, layer.values) for layer in out.past_key_values.layers]
 
     def _start(self, logits: torch.Tensor, rows: list[RunningRow], cache: Any, mask: torch.Tensor) -> None:
         """Prefilled rows: sample their first tokens, finish the ones already done, and put the
