@@ -38,6 +38,12 @@ def serve(
         int, typer.Option(help="Waiting requests accepted beyond the batch (then 503).")
     ] = 64,
     max_adapters: Annotated[int, typer.Option(help="Adapters resident in memory (LRU).")] = 32,
+    prefill_chunk: Annotated[
+        int,
+        typer.Option(
+            help="A longer prompt arriving while others decode is prefilled this many tokens at a time."
+        ),
+    ] = 256,
     max_prompt_tokens: Annotated[int, typer.Option(help="Longest prompt accepted.")] = 2048,
     max_tokens: Annotated[
         int, typer.Option("--max-tokens", help="Largest max_tokens a request may ask for.")
@@ -83,6 +89,7 @@ def serve(
         max_batch=max_batch,
         max_queue=max_queue,
         max_resident_adapters=max_adapters,
+        prefill_chunk=prefill_chunk,
         max_prompt_tokens=max_prompt_tokens,
         max_tokens_limit=max_tokens,
         max_body_bytes=max_body_kb * 1024,
