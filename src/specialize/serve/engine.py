@@ -25,6 +25,12 @@ Left padding, the attention mask and explicit position ids make each row's compu
 as if it ran alone, so a greedy request gets the same tokens whatever else shares its batch.
 The queue of waiting requests is bounded: `submit` raises `QueueFull` instead of letting latency
 grow without limit, and the HTTP layer turns that into a 503 the client can retry.
+
+Why one file of this size: what is here is the loop and the per-row steps it runs in order
+(admission, chunked prefill, prefill, decode, sampling, finishing), all sharing the engine
+thread's state; the pieces with a concept of their own already live apart (the batch's KV
+cache in `kv_batch.py`, the prefix cache in `prefix_cache.py`, a request's state in
+`requests.py`, adapter slots in `adapters.py`).
 """
 
 from __future__ import annotations
