@@ -59,17 +59,21 @@ class TrainedModel:
         return default_contract(self.run)
 
 
-def load_run(path: str | Any) -> TrainedModel:
-    """Base model plus the run's adapter (or its fully fine-tuned weights), in eval mode."""
+def load_run(path: str | Any, dtype: str | None = None) -> TrainedModel:
+    """Base model plus the run's adapter (or its fully fine-tuned weights), in eval mode.
+
+    `dtype` overrides the run's `model.dtype` (whose auto means bf16 where it is native): a
+    comparison with another engine must decode in the precision that engine uses."""
     run = open_run(path)
     config = run.config()
     weights = run.weights_dir()
+    precision = inference_dtype(dtype or config.model.dtype)
     if weights == run.full_model:
-        loaded = load_model(str(weights), dtype=inference_dtype(config.model.dtype))
+        loaded = load_model(str(weights), dtype=precision)
     else:
         from peft import PeftModel
 
-        loaded = load_model(config.model.base, dtype=inference_dtype(config.model.dtype))
+        loaded = load_model(config.model.base, dtype=precision)
         loaded.model = PeftModel.from_pretrained(loaded.model, str(weights))
     loaded.model.eval()
     record = run.record() if run.finished else None

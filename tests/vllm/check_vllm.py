@@ -144,10 +144,11 @@ def test_conversations(run: Path, n: int) -> list[list[dict[str, str]]]:
 
 
 def our_replies(run: Path, prompts, max_tokens: int) -> tuple[list[str], list[str]]:
-    """Greedy replies of base + adapter and of the base alone, with `specialize.inference`."""
+    """Greedy replies of base + adapter and of the base alone, with `specialize.inference`, in
+    float32 like the vLLM server (auto would be bf16 on a CPU with native bf16)."""
     from specialize.inference import generate, load_run
 
-    trained = load_run(run)
+    trained = load_run(run, dtype="f32")
     with_adapter = [g.text for g in generate(trained.loaded, prompts, max_new_tokens=max_tokens)]
     with trained.loaded.model.disable_adapter():
         base = [g.text for g in generate(trained.loaded, prompts, max_new_tokens=max_tokens)]
