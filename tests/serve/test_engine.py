@@ -379,3 +379,45 @@ def test_dora_slots_equal_pefts_forward_on_a_layer_with_bias(tmp_path):
     assert torch.equal(mixed[0], bare[0]) and torch.equal(mixed[2], bare[2])
     layer.set_slot(1, None, None)  # a plain adapter or an empty slot takes DoRA's place
     assert 1 not in layer.dora_slots and bool((layer.dora_scale[1] == 1).all())
+
+
+def test_mixed_batches_read_each_rows_current_adapter_as_the_batch_changes():
+    """The row buffers copy only the rows whose slot changed between mixed batches: every
+    output must still be its own slot's LoRA, through growing and shrinking batches, uniform
+    batches in between, a slot whose weights change (invalidate), and a layer that joins late
+    (it missed epochs, so it gathers every row)."""
+    from torch import nn
+
+    from specialize.serve.adapters import BatchedLoraLinear, LoraRouting
+
+    torch.manual_seed(0)
+    routing = LoraRouting()
+    slots, rank = 5, 3
+
+    def make_layer() -> BatchedLoraLinear:
+        layer = BatchedLoraLinear(nn.Linear(6, 4, bias=False), routing, slots=slots, rank=rank)
+        for s in range(1, slots):
+            layer.set_slot(s, torch.randn(6, rank), torch.randn(rank, 4))
+        return layer
+
+    def expected(layer: BatchedLoraLinear, x: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        out = layer.base(x).clone()
+        for i, s in enumerate(rows):
+            out[i] += x[i] @ layer.lora_a[s] @ layer.lora_b[s]
+        return out
+
+    first, late = make_layer(), None
+    batches = [[1, 2], [1, 2, 3, 4], [4, 2, 3, 1], [2, 2, 2], [3, 0, 3, 1], [1], [3, 0, 3, 1, 2, 4, 4]]
+    with torch.no_grad():
+        for step, rows in enumerate([*batches, "swap", [3, 0, 3, 1], [0, 3]]):
+            if rows == "swap":  # slot 3 gets another adapter, as ResidentAdapters._install does
+                for layer in (first, late):
+                    layer.set_slot(3, torch.randn(6, rank), torch.randn(rank, 4))
+                routing.invalidate()
+                continue
+            if step == 3:
+                late = make_layer()
+            routing.set(rows)
+            x = torch.randn(len(rows), 2, 6)
+            for layer in (first, late) if late is not None else (first,):
+                torch.testing.assert_close(layer(x), expected(layer, x, rows))

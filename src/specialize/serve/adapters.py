@@ -62,17 +62,28 @@ class LoraRouting:
     """Which slot each row of the next forward pass uses; set by the engine before every call.
 
     `uniform` is set when every row uses the same slot (one plain matmul pair, no gather).
-    `version` changes whenever the row-to-slot map or a slot's weights change, so layers can keep
-    the per-row weights they gathered for the previous decode step.
+    `version` changes whenever the row-to-slot map or a slot's weights change.
+
+    Mixed batches read each row's A and B from per-layer row buffers (`held`: the slot each
+    buffer row holds). Gathering all of them again whenever the batch changes would copy every
+    row's adapter weights (64 rank-16 adapters on all linear layers of a 135M model are several
+    hundred MB) at nearly every decode step, since with continuous batching a row joins or
+    leaves at most steps; so `set` only records the rows whose slot changed (`changed_rows`,
+    `changed_slots`, one `epoch` per mixed call) and each layer copies just those. A layer that
+    missed an epoch (new, resized) gathers every held row again.
     """
 
-    __slots__ = ("rows", "uniform", "version", "_last")
+    __slots__ = ("rows", "uniform", "version", "_last", "held", "epoch", "changed_rows", "changed_slots")
 
     def __init__(self) -> None:
         self.rows: torch.Tensor | None = None
         self.uniform: int | None = 0
         self.version = 0
         self._last: list[int] = []
+        self.held: list[int] = []
+        self.epoch = 0
+        self.changed_rows = torch.zeros(0, dtype=torch.long)
+        self.changed_slots = torch.zeros(0, dtype=torch.long)
 
     def set(self, slots: list[int]) -> None:
         if slots == self._last:
@@ -81,8 +92,18 @@ class LoraRouting:
         self.version += 1
         if all(s == slots[0] for s in slots):
             self.uniform, self.rows = slots[0], None
-        else:
-            self.uniform, self.rows = None, torch.tensor(slots, dtype=torch.long)
+            return
+        self.uniform, self.rows = None, torch.tensor(slots, dtype=torch.long)
+        held = self.held
+        if len(held) < len(slots):  # grow by doubling: a filling batch regathers only log2 times
+            held.extend([0] * (max(len(slots), 2 * len(held)) - len(held)))
+            self.epoch += 1  # layers' buffers are too short: every layer gathers again
+        changed = [i for i, slot in enumerate(slots) if held[i] != slot]
+        for i in changed:
+            held[i] = slots[i]
+        self.changed_rows = torch.tensor(changed, dtype=torch.long)
+        self.changed_slots = torch.tensor([slots[i] for i in changed], dtype=torch.long)
+        self.epoch += 1
 
     @property
     def slots(self) -> list[int]:
@@ -90,9 +111,10 @@ class LoraRouting:
         return self._last
 
     def invalidate(self) -> None:
-        """A slot's weights changed: gathered copies are stale."""
+        """A slot's weights changed: every layer's row buffers are stale."""
         self._last = []
         self.version += 1
+        self.epoch += 1
 
 
 class BatchedLoraLinear(nn.Module):
@@ -110,7 +132,10 @@ class BatchedLoraLinear(nn.Module):
         # DoRA adapter, so a server without one pays nothing for it.
         self.dora_scale: torch.Tensor | None = None
         self.dora_slots: set[int] = set()
-        self._gathered: tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
+        # Row buffers of the mixed-batch path (see LoraRouting): (epoch, A rows, B rows), and
+        # DoRA's gathered g for one routing version.
+        self._rows_ab: tuple[int, torch.Tensor, torch.Tensor] | None = None
+        self._rows_g: tuple[int, torch.Tensor | None] | None = None
 
     def resize(self, slots: int, rank: int) -> None:
         old_slots, _, old_rank = self.lora_a.shape
@@ -126,7 +151,7 @@ class BatchedLoraLinear(nn.Module):
             g = self.dora_scale.new_ones(slots, self.base.out_features)
             g[:keep_s] = self.dora_scale[:keep_s]
             self.dora_scale = g
-        self._gathered = None
+        self._rows_ab = self._rows_g = None
 
     def set_slot(
         self,
@@ -149,13 +174,12 @@ class BatchedLoraLinear(nn.Module):
         elif slot in self.dora_slots:
             self.dora_scale[slot] = 1  # type: ignore[index]
             self.dora_slots.discard(slot)
-        self._gathered = None
+        self._rows_ab = self._rows_g = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         routing = self.routing
         if routing.uniform is not None:
-            self._gathered = None  # free the per-row copies while the batch is uniform
             if routing.uniform == 0:
                 return y
             s = routing.uniform
@@ -166,23 +190,42 @@ class BatchedLoraLinear(nn.Module):
                 return y
             flat.addmm_(x.reshape(-1, x.shape[-1]) @ self.lora_a[s], self.lora_b[s])
             return y
-        # Each row's A and B, gathered once per batch composition (decode steps reuse them):
-        # two batched matmuls per layer however many adapters the batch mixes.
-        gathered = self._gathered
-        if gathered is None or gathered[0] != routing.version:
-            rows = routing.rows
-            g = None
-            if self.dora_slots and not self.dora_slots.isdisjoint(routing.slots):
-                g = self.dora_scale[rows].unsqueeze(1)  # type: ignore[index]
-            gathered = (routing.version, self.lora_a[rows], self.lora_b[rows], g)
-            self._gathered = gathered
-        _, a, b, g = gathered
+        # Each row's A and B from the row buffers, brought up to date with only the rows whose
+        # slot changed: two batched matmuls per layer however many adapters the batch mixes.
+        a, b = self._row_weights(len(routing.slots))
         rows3 = y.view(y.shape[0], -1, y.shape[-1])
+        g = self._row_dora_scale()
         if g is not None:
             self._add_dora(rows3, torch.bmm(torch.bmm(x.reshape(x.shape[0], -1, x.shape[-1]), a), b), g)
             return y
         rows3.baddbmm_(torch.bmm(x.reshape(x.shape[0], -1, x.shape[-1]), a), b)
         return y
+
+    def _row_weights(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        routing, buffers = self.routing, self._rows_ab
+        if buffers is None or buffers[0] < routing.epoch - 1:
+            held = torch.tensor(routing.held, dtype=torch.long)
+            buffers = (routing.epoch, self.lora_a[held], self.lora_b[held])
+        elif buffers[0] == routing.epoch - 1:
+            _, a, b = buffers
+            if len(routing.changed_rows):
+                a.index_copy_(0, routing.changed_rows, self.lora_a[routing.changed_slots])
+                b.index_copy_(0, routing.changed_rows, self.lora_b[routing.changed_slots])
+            buffers = (routing.epoch, a, b)
+        self._rows_ab = buffers
+        return buffers[1][:rows], buffers[2][:rows]
+
+    def _row_dora_scale(self) -> torch.Tensor | None:
+        """DoRA's g per row ([rows, 1, out]), or None when no row of the batch is a DoRA slot;
+        small, so simply gathered once per routing version."""
+        routing, cached = self.routing, self._rows_g
+        if cached is None or cached[0] != routing.version:
+            g = None
+            if self.dora_slots and not self.dora_slots.isdisjoint(routing.slots):
+                g = self.dora_scale[routing.rows].unsqueeze(1)  # type: ignore[index]
+            cached = (routing.version, g)
+            self._rows_g = cached
+        return cached[1]
 
     def _add_dora(self, y: torch.Tensor, lora: torch.Tensor, g: torch.Tensor) -> None:
         """y += (g - 1) (y - bias) + g lora: PEFT's DoRA update on top of the base output (see the
