@@ -28,6 +28,10 @@ plain LoRA) a batch mixing DoRA and LoRA rows still costs the same batched matmu
 `ResidentAdapters` is the LRU over slots: an adapter is read from the registry on first use,
 pinned while a request uses it, and the least recently used unpinned one is evicted when slots
 run out. All mutation happens on the engine thread, between forward passes.
+
+Over 500 lines because the slot stacks, the routing that indexes them and the LRU that fills them
+are one mechanism: a slot's weights, its row buffers and its residency change together, on the
+engine thread; split apart, each file would reach into the others' state.
 """
 
 from __future__ import annotations
