@@ -7,6 +7,7 @@ model's chat template, greedy decoding, stopping at the template's end-of-turn t
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import string
 import time
@@ -111,6 +112,7 @@ def generate(
     on_batch: Callable[[GenerationBatchStats], None] | None = None,
     share_prefix: bool = True,
     constraint: OutputContract | None = None,
+    shared_attention: bool = True,
 ) -> list[Generation]:
     """Greedy replies to many conversations, batched.
 
@@ -132,6 +134,12 @@ def generate(
     """
     import torch
 
+    from specialize.models.shared_prefix import (
+        SharedPrefixCache,
+        shared_prefix_attention,
+        supports_shared_prefix,
+    )
+
     tokenizer, model = loaded.tokenizer, loaded.model
     prompts = [render_prompt(tokenizer, c) for c in conversations]
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
@@ -139,6 +147,7 @@ def generate(
     if len(prefix) < MIN_SHARED_PREFIX:
         prefix = []
     prefix_cache = _prefill(model, prefix) if prefix else None
+    shared = shared_attention and supports_shared_prefix(model)
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     results: list[Generation | None] = [None] * len(prompts)
     eos_ids = end_of_turn_ids(loaded)
@@ -160,7 +169,12 @@ def generate(
             ids[row, ids.shape[1] - len(suffix) :] = torch.tensor(suffix, dtype=torch.long)
             mask[row, ids.shape[1] - len(suffix) :] = 1
         extra = {}
-        if prefix_cache is not None:
+        attention = contextlib.nullcontext()
+        if prefix_cache is not None and shared:
+            cache = SharedPrefixCache(prefix_cache)  # the prefix once for all rows, not copied per row
+            attention = shared_prefix_attention(model, cache)
+            extra["past_key_values"] = cache
+        elif prefix_cache is not None:
             cache = copy.deepcopy(prefix_cache)
             cache.batch_repeat_interleave(len(batch))
             extra["past_key_values"] = cache
@@ -176,7 +190,7 @@ def generate(
             processor = ConstraintLogitsProcessor.for_batch(compiled, len(batch))
             extra["logits_processor"] = LogitsProcessorList([processor])
         began = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), attention:
             out = model.generate(
                 input_ids=ids.to(model.device),
                 attention_mask=mask.to(model.device),
