@@ -29,7 +29,12 @@ Printed per data set: recipe | the primary metric with its 95% bootstrap interva
 seconds, with the defaults' row and the best row marked, and the paired test of best against
 the defaults. The last line starts with RESULT: on how many data sets the defaults win or tie
 (tie: the best recipe's interval contains the defaults' value, or the paired difference's
-interval contains 0; both are the evaluation's own statistics).
+interval contains 0; both are the evaluation's own statistics), for the current defaults and
+for the defaults before this sweep set them.
+
+The current defaults (lr 1e-3, 2 epochs, r 32, alpha 64) are this sweep's best recipe on all three
+sets, so their "win" is measured on the same test rows that chose them: an optimistic figure. The
+product is judged on data sets kept out of every tuning (see the README).
 
 Over 500 lines because it carries the rewrite set's generator (its templates and slot values) next
 to the sweep; that generator is used nowhere else, so it stays in the script that needs it.
@@ -73,7 +78,13 @@ DEFAULT_LR = RunConfig().learning_rate
 DEFAULT_EPOCHS = TrainConfig().epochs
 DEFAULT_RANK = MethodConfig().lora_r
 DEFAULT_ALPHA = MethodConfig().lora_alpha
+# The grid is fixed rather than built around the current defaults, so that setting the defaults
+# from this sweep's own result reuses its run directories instead of starting another grid. The
+# defaults before that change (lr 2e-4, 1 epoch, r 16) stay a row of the table: the comparison the
+# change rests on.
+GRID_RANK = 16
 RANK_VARIANT = 32
+LORA_SCALE = 2.0  # alpha / r of every recipe, the defaults' own
 RANK_RECIPE = "rank"  # resolved per data set to the rank variant at that set's best grid recipe
 
 
@@ -88,12 +99,14 @@ class Recipe:
         return f"lr{self.lr:.0e}-ep{self.epochs:g}-r{self.rank}".replace("e-0", "e-")
 
     @property
-    def is_default(self) -> bool:
-        return (self.lr, self.epochs, self.rank) == (DEFAULT_LR, DEFAULT_EPOCHS, DEFAULT_RANK)
+    def alpha(self) -> float:
+        return LORA_SCALE * self.rank
 
 
+DEFAULTS = Recipe(DEFAULT_LR, DEFAULT_EPOCHS, DEFAULT_RANK)
+PREVIOUS_DEFAULTS = Recipe(2e-4, 1.0, 16)
 GRID = {
-    f"lr{lr_name}-ep{ep}": Recipe(lr, float(ep), DEFAULT_RANK)
+    f"lr{lr_name}-ep{ep}": Recipe(lr, float(ep), GRID_RANK)
     for lr_name, lr in (("2e-4", 2e-4), ("1e-3", 1e-3))
     for ep in (1, 2)
 }
@@ -321,8 +334,8 @@ def run_config(recipe: Recipe, base: str, max_steps: int | None, max_seq_len: in
             "kind": "lora",
             "lora_r": recipe.rank,
             # Alpha scales with rank so that alpha/r (an effective learning-rate factor) stays the
-            # default's: the rank variant then measures capacity, not a different step size.
-            "lora_alpha": DEFAULT_ALPHA * recipe.rank / DEFAULT_RANK,
+            # same: the rank variant then measures capacity, not a different step size.
+            "lora_alpha": recipe.alpha,
         },
         "train": {"learning_rate": recipe.lr, "epochs": recipe.epochs, "max_steps": max_steps},
         "eval": {
@@ -411,11 +424,11 @@ def paired_difference(best: Outcome, default: Outcome) -> tuple[float, float, fl
     return test.mean_diff, test.ci_low, test.ci_high
 
 
-def verdict(outcomes: list[Outcome]) -> tuple[str, str]:
-    """('win' | 'tie' | 'lose' | 'n/a', why) for the defaults on one data set."""
-    default = next((o for o in outcomes if o.recipe.is_default), None)
+def verdict(outcomes: list[Outcome], reference: Recipe) -> tuple[str, str]:
+    """('win' | 'tie' | 'lose' | 'n/a', why) for one recipe (the defaults) on one data set."""
+    default = next((o for o in outcomes if o.recipe == reference), None)
     if default is None:
-        return "n/a", "the defaults' recipe was not run"
+        return "n/a", f"{reference.name} was not run"
     best = max(outcomes, key=lambda o: _finite(o.value))
     if best is default or best.value <= default.value:
         return "win", "the defaults are the best recipe"
@@ -445,7 +458,15 @@ def print_table(dataset: str, outcomes: list[Outcome]) -> None:
     print(f"{'recipe':22} {metric + ' [ci_low, ci_high]':30} {'train s':>8}")
     for o in outcomes:
         ci = o.report.tuned().quality.interval()
-        marks = ("  <- defaults" if o.recipe.is_default else "") + ("  <- best" if o is best else "")
+        marks = (
+            ("  <- defaults" if o.recipe == DEFAULTS else "")
+            + (
+                "  <- previous defaults"
+                if o.recipe == PREVIOUS_DEFAULTS and DEFAULTS != PREVIOUS_DEFAULTS
+                else ""
+            )
+            + ("  <- best" if o is best else "")
+        )
         cell = f"{_num(ci.value)} [{_num(ci.ci_low)}, {_num(ci.ci_high)}]"
         print(f"{o.recipe.name:22} {cell:30} {o.train_seconds:8.0f}{marks}")
 
@@ -494,6 +515,12 @@ def sweep_dataset(
         outcomes.append(
             outcome(recipe, run_recipe(work, recipe, run_config(recipe, base, max_steps, seq_len)))
         )
+    if DEFAULTS not in [o.recipe for o in outcomes] and DEFAULT_ALPHA == DEFAULTS.alpha:
+        # The defaults are judged even when the grid does not hold them (every recipe here keeps
+        # alpha / r at LORA_SCALE; defaults with another scale are not a recipe of this sweep).
+        outcomes.append(
+            outcome(DEFAULTS, run_recipe(work, DEFAULTS, run_config(DEFAULTS, base, max_steps, seq_len)))
+        )
     return outcomes
 
 
@@ -528,18 +555,25 @@ def main() -> None:
     )
 
     results = {name: sweep_dataset(name, work / name, recipes, args, base) for name in datasets}
-    verdicts = {}
+    summaries = []
+    references = {"the defaults": DEFAULTS, "the previous defaults": PREVIOUS_DEFAULTS}
+    if DEFAULTS == PREVIOUS_DEFAULTS:
+        del references["the previous defaults"]
+    verdicts: dict[str, dict[str, tuple[str, str]]] = {who: {} for who in references}
     for name, outcomes in results.items():
         print_table(name, outcomes)
-        verdicts[name] = verdict(outcomes)
-        print(f"defaults: {verdicts[name][0]} ({verdicts[name][1]})")
-    good = sum(v in ("win", "tie") for v, _ in verdicts.values())
-    judged = sum(v != "n/a" for v, _ in verdicts.values())
-    detail = ", ".join(f"{name} {v}" for name, (v, _) in verdicts.items())
-    print(
-        f"\nRESULT the defaults (lr {DEFAULT_LR:g}, {DEFAULT_EPOCHS:g} epoch, r {DEFAULT_RANK}) win or tie on "
-        f"{good} of {judged} data sets ({detail})" + (" (tiny model: not figures)" if args.tiny else "")
-    )
+        for who, reference in references.items():
+            verdicts[who][name] = verdict(outcomes, reference)
+            print(f"{who} ({reference.name}): {verdicts[who][name][0]} ({verdicts[who][name][1]})")
+    for who, reference in references.items():
+        good = sum(v in ("win", "tie") for v, _ in verdicts[who].values())
+        judged = sum(v != "n/a" for v, _ in verdicts[who].values())
+        detail = ", ".join(f"{name} {v}" for name, (v, _) in verdicts[who].items())
+        summaries.append(
+            f"{who} (lr {reference.lr:g}, {reference.epochs:g} epochs, r {reference.rank}) win or tie on "
+            f"{good} of {judged} data sets ({detail})"
+        )
+    print("\nRESULT " + "; ".join(summaries) + (" (tiny model: not figures)" if args.tiny else ""))
 
 
 if __name__ == "__main__":

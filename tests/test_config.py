@@ -36,7 +36,7 @@ def test_round_trip_and_relative_paths(tmp_path):
     (tmp_path / "cfg.yaml").write_text("data:\n  train: train.csv\ntrain:\n  epochs: 2\n")
     config = load_config(tmp_path / "cfg.yaml")
     assert Path(config.data.train) == tmp_path / "train.csv"
-    assert config.learning_rate == 2e-4
+    assert config.learning_rate == 1e-3
     save_config(config, tmp_path / "out.yaml")
     assert load_config(tmp_path / "out.yaml") == config
 

@@ -14,7 +14,7 @@ echo "   the config's training run, from a short calibration measured on this ma
 
 echo
 echo "== 2. Train and evaluate. Sized for a 2-core CPU (see $here/config.yaml):"
-echo "   1,200 training rows (stratified, ~15 per intent), 2 epochs of LoRA r=16;"
+echo "   1,200 training rows (stratified, ~15 per intent), 2 epochs of LoRA r=32;"
 echo "   200 stratified test rows for each of zero-shot, few-shot (k=5) and fine-tuned."
 if [ -e "$out" ]; then
   echo "   (removing the previous demo run in $out)"

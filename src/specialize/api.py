@@ -39,7 +39,7 @@ def check_data(
     prompt_template: str | None = None,
     model: str | None = DEFAULT_MODEL,
     max_seq_len: int = 256,
-    epochs: float = 1.0,
+    epochs: float | None = None,
     config: RunConfig | None = None,
     calibrate: bool = True,
     recalibrate: bool = False,
@@ -54,6 +54,7 @@ def check_data(
     `recalibrate=True` measures again instead of using the cached figure (after a hardware
     change, or when the first measurement ran beside other work).
     """
+    epochs = epochs or (config or RunConfig()).train.epochs
     tokenizer = None
     if model is not None:
         from specialize.models.load import load_tokenizer

@@ -236,5 +236,5 @@ def test_defaults_are_plain_lora_and_old_run_records_load():
     from specialize.records.run import RunRecord
 
     assert parse_config({}).method.variant == "lora"
-    assert parse_config({"method": {"kind": "qlora"}}).learning_rate == 2e-4
+    assert parse_config({"method": {"kind": "qlora"}}).learning_rate == 1e-3
     assert RunRecord.model_validate({"method": "lora"}).variant == "lora"

@@ -16,6 +16,7 @@ from specialize.cli.common import (
     quiet_libraries,
     user_errors,
 )
+from specialize.config import TrainConfig
 from specialize.models.bundled import DEFAULT_MODEL
 
 
@@ -40,7 +41,9 @@ def check(
     ] = None,
     epochs: Annotated[
         float | None,
-        typer.Option(help="Epochs, for the time and cost estimate (default: --config's, else 1)."),
+        typer.Option(
+            help="Epochs, for the time and cost estimate (default: --config's, else the training default)."
+        ),
     ] = None,
     no_tokens: Annotated[
         bool, typer.Option("--no-tokens", help="Skip token statistics (no model needed).")
@@ -87,7 +90,7 @@ def check(
         prompt_template=prompt_template,
         model=None if no_tokens else (model or DEFAULT_MODEL),
         max_seq_len=max_seq_len or 256,
-        epochs=epochs or 1.0,
+        epochs=epochs or TrainConfig().epochs,
         config=run_config,
         calibrate=not no_calibrate,
         recalibrate=recalibrate,

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, computed_field
 
+from specialize.config import TrainConfig
 from specialize.constrain.describe import describe_contract, key_order_name, object_keys
 from specialize.constrain.infer import infer_contract
 from specialize.data.example import Example, Source
@@ -166,7 +167,7 @@ def check_files(
     test_path: str | Path | None = None,
     tokenizer: Any = None,
     max_seq_len: int = 512,
-    epochs: float = 1.0,
+    epochs: float = TrainConfig().epochs,
     tokens_per_second: float | None = None,
     price_per_hour: float = 0.0,
 ) -> DataReport:
@@ -218,7 +219,7 @@ def check_examples(
     issues: Sequence[Issue] = (),
     tokenizer: Any = None,
     max_seq_len: int = 512,
-    epochs: float = 1.0,
+    epochs: float = TrainConfig().epochs,
     tokens_per_second: float | None = None,
     price_per_hour: float = 0.0,
     files: Sequence[str] = (),
