@@ -64,7 +64,8 @@ def test_lora_fine_tune_a_few_steps_and_reload(bundled, tmp_path):
     result = train(config, tmp_path / "run")
     assert result.record.steps == 3 and result.record.base_model.model_id == "smollm2-135m-instruct"
     size = (tmp_path / "run" / "adapter" / "adapter_model.safetensors").stat().st_size
-    assert size < 25 * 2**20
+    # fp32 LoRA weights on every linear layer grow with the rank: about 1.2 MiB per unit of rank here.
+    assert size < 1.5 * 2**20 * config.method.lora_r
     trained = load_run(tmp_path / "run")
     reply = generate(trained.loaded, [trained.messages_for("Where is my card?")], max_new_tokens=8)
     assert reply[0].completion_tokens > 0
