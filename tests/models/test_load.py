@@ -96,3 +96,34 @@ def test_auto_dtype_for_inference_is_bf16_only_where_native(monkeypatch):
     monkeypatch.setattr(load, "native_bf16", lambda device: False)
     assert load.inference_dtype("auto", "cpu") == "f32"
     assert load.inference_dtype("bf16", "cpu") == "bf16"
+
+
+def test_the_lm_head_gets_a_contiguous_input_frozen_wrapped_and_copied(tiny_model_dir):
+    """transformers hands the LM head a strided `[batch, 1, hidden]` view under `logits_to_keep=1`,
+    which torch turns into one copy of the head weight per row once the weights are frozen (as
+    PEFT freezes them); `load_model`'s hook gives the head a contiguous input instead, on the
+    model, under a PEFT wrapper, and in a merged deep copy (the evaluation's deployment copy)."""
+    import copy
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    def head_input_is_contiguous(model) -> bool:
+        seen = []
+        handle = model.get_output_embeddings().register_forward_pre_hook(
+            lambda module, args: seen.append(args[0].is_contiguous())
+        )
+        with torch.inference_mode():
+            model(input_ids=torch.arange(3, 24).view(3, 7), logits_to_keep=1)
+        handle.remove()
+        return seen == [True]
+
+    bare = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert not head_input_is_contiguous(bare)  # the layout the hook is there for
+    model = load_model(str(tiny_model_dir)).model
+    assert head_input_is_contiguous(model)
+    peft = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    assert not any(p.requires_grad for n, p in peft.named_parameters() if "lora_" not in n)
+    assert head_input_is_contiguous(peft)
+    assert head_input_is_contiguous(copy.deepcopy(peft).merge_and_unload())
