@@ -127,3 +127,11 @@ def test_the_lm_head_gets_a_contiguous_input_frozen_wrapped_and_copied(tiny_mode
     assert not any(p.requires_grad for n, p in peft.named_parameters() if "lora_" not in n)
     assert head_input_is_contiguous(peft)
     assert head_input_is_contiguous(copy.deepcopy(peft).merge_and_unload())
+
+
+def test_folding_the_head_input_twice_hooks_it_once(tiny_model_dir):
+    from specialize.models.load import fold_head_input
+
+    model = load_model(str(tiny_model_dir)).model
+    fold_head_input(model)
+    assert len(model.get_output_embeddings()._forward_pre_hooks) == 1

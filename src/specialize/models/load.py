@@ -175,14 +175,14 @@ def fold_head_input(model: Any) -> None:
     sequence. `torch.matmul` folds such a view into one `mm` only while the weight requires grad;
     once the weights are frozen, as PEFT freezes the base model (every fine-tuned run, and the
     baselines evaluated on that same model with the adapter disabled), it falls back to `bmm`
-    with the 49k x 576 head weight copied once per row: about a second per prefill at batch 16
-    instead of milliseconds (pytorch/pytorch#186148). Copying the `[batch, 1, hidden]` input
-    instead costs nothing next to the head itself. The hook travels with the module, so it
-    also covers PEFT wrappers and merged copies (`copy.deepcopy`) of this model."""
+    over a copy of the whole head weight (vocabulary x hidden) per row, on every prefill, which
+    costs more than the rest of the forward pass (pytorch/pytorch#186148;
+    `benchmarks/frozen_head.py`). Copying the `[batch, 1, hidden]` input instead is negligible.
+    The hook travels with the module, so it also covers PEFT wrappers and merged copies
+    (`copy.deepcopy`) of this model; calling this twice adds it once."""
     head = model.get_output_embeddings()
-    if head is not None and not getattr(head, "_specialize_folds_input", False):
+    if head is not None and _contiguous_input not in head._forward_pre_hooks.values():
         head.register_forward_pre_hook(_contiguous_input)
-        head._specialize_folds_input = True
 
 
 def _contiguous_input(module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
