@@ -1,6 +1,6 @@
 """Generation on a frozen (PEFT-wrapped) model: the LM head's input made contiguous, or not.
 
-    python benchmarks/frozen_head.py                 # ~2 min on 2 CPU cores
+    python benchmarks/frozen_head.py                 # ~1 min on 2 CPU cores
     python benchmarks/frozen_head.py --rows 64 --batch-size 16 --rounds 2
 
 Every model the evaluation generates with is a PeftModel (the fine-tuned contender; the zero- and
