@@ -76,8 +76,9 @@ def main() -> None:
 
     import torch
 
-    from specialize.evaluate.confidence import label_probabilities, label_reply_ids, normalise
+    from specialize.evaluate.confidence import label_probabilities, label_reply_ids
     from specialize.models.chat import prompt_ids
+    from specialize.models.label_scores import normalise
     from specialize.models.load import load_model
 
     torch.set_num_threads(os.cpu_count() or 1)

@@ -16,15 +16,13 @@ from specialize.evaluate.calibration import (
     reliability_bins,
 )
 from specialize.evaluate.confidence import (
-    LabelTrie,
     label_choice,
     label_probabilities,
     label_reply_ids,
-    normalise,
     reply_confidence,
-    trie_log_probs,
 )
 from specialize.models.chat import prompt_ids
+from specialize.models.label_scores import LabelTrie, normalise, trie_log_probs
 
 # "card" is a prefix of "card_arrival": only the end-of-turn token tells them apart.
 LABELS = ["card", "card_arrival", "declined_card_payment", "exchange_rate", "top up"]
@@ -92,11 +90,11 @@ def test_reply_ends_at_end_of_turn(loaded):
 
 
 def test_prompts_in_several_passes_and_of_different_lengths(loaded, monkeypatch):
-    import specialize.evaluate.confidence as confidence
+    import specialize.models.label_scores as label_scores
 
     conversations = [*CONVERSATIONS, [{"role": "user", "content": "a much longer request " * 6}]]
     whole = label_probabilities(loaded, conversations, LABELS, prune=0)
-    monkeypatch.setattr(confidence, "MAX_PROMPTS_PER_PASS", 1)
+    monkeypatch.setattr(label_scores, "MAX_PROMPTS_PER_PASS", 1)
     one_by_one = label_probabilities(loaded, conversations, LABELS, prune=0)
     np.testing.assert_allclose(one_by_one, whole, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(
@@ -121,10 +119,10 @@ def test_tree_mask_under_both_attention_kernels(tiny_model_dir, attention):
 
 
 def test_second_pass_in_groups_under_a_small_logits_budget(loaded, monkeypatch):
-    import specialize.evaluate.confidence as confidence
+    import specialize.models.label_scores as label_scores
 
     whole = label_probabilities(loaded, CONVERSATIONS, LABELS, prune=0)
-    monkeypatch.setattr(confidence, "LOGITS_BUDGET_BYTES", 1)  # one row per group
+    monkeypatch.setattr(label_scores, "LOGITS_BUDGET_BYTES", 1)  # one row per group
     np.testing.assert_allclose(label_probabilities(loaded, CONVERSATIONS, LABELS, prune=0), whole, rtol=1e-5)
 
 

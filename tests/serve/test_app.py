@@ -237,9 +237,9 @@ def test_engine_tokens_equal_peft_alone_and_in_a_mixed_batch(tiny_model_dir, reg
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from specialize.serve.adapters import ResidentAdapters
-    from specialize.serve.engine import Engine
-    from specialize.serve.requests import SamplingParams
+    from specialize.batching.adapters import ResidentAdapters
+    from specialize.batching.engine import Engine
+    from specialize.batching.requests import SamplingParams
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     store = AdapterRegistry(registry_dir)

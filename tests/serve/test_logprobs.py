@@ -64,8 +64,8 @@ def _teacher_forced(tiny_model_dir, prompt_ids, reply_ids):
 
 
 def test_chat_logprobs_are_the_models_and_greedy_is_unchanged(served, tiny_model_dir):
+    from specialize.batching.requests import SamplingParams
     from specialize.models.chat import prompt_ids
-    from specialize.serve.requests import SamplingParams
 
     url, server, client = served
     for prompt in PROMPTS:

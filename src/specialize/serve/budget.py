@@ -8,10 +8,10 @@ knows what to shorten. A request that passes gets its `SamplingParams`.
 
 from __future__ import annotations
 
+from specialize.batching.requests import SamplingParams
 from specialize.serve.errors import APIError
 from specialize.serve.options import ServeOptions
 from specialize.serve.protocol import SamplingBody
-from specialize.serve.requests import SamplingParams
 
 
 def sampling_params(

@@ -31,14 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from specialize.batching.requests import Completion, SamplingParams, TokenLogprob
 from specialize.constrain import OutputContract
 from specialize.errors import ConfigError, ConstraintError, RunError
 from specialize.evaluate.abstention import Abstention
-from specialize.evaluate.confidence import LabelTrie
+from specialize.models.label_scores import LabelTrie
 from specialize.registry.store import AdapterRecord
 from specialize.serve.options import ServeOptions
 from specialize.serve.protocol import ChatCompletionRequest, SamplingBody
-from specialize.serve.requests import Completion, SamplingParams, TokenLogprob
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from specialize.serve.requests import Completion
+from specialize.batching.requests import Completion
 
 # Seconds; from one fast token to a long generation on a busy CPU.
 _LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)

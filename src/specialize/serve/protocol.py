@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from specialize.batching.requests import Completion
 from specialize.serve.errors import APIError
-from specialize.serve.requests import Completion
 
 # Request bodies ------------------------------------------------------------------------------
 

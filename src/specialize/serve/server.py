@@ -24,6 +24,9 @@ from typing import Any, Protocol
 
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from specialize.batching.adapters import ResidentAdapters
+from specialize.batching.engine import Engine
+from specialize.batching.requests import Completion, EngineStopped, QueueFull, RequestHandle
 from specialize.constrain import NONE, OutputContract, contract_from_response_format
 from specialize.errors import ConstraintError, DataError, RunError, SpecializeError
 from specialize.models.chat import render_prompt
@@ -31,9 +34,7 @@ from specialize.models.load import inference_dtype, load_model
 from specialize.models.registry import weights_fingerprint
 from specialize.registry.errors import AdapterNotFoundError, IncompatibleAdapterError
 from specialize.registry.store import AdapterRecord, AdapterRegistry, check_compatible, check_name
-from specialize.serve.adapters import ResidentAdapters
 from specialize.serve.budget import sampling_params
-from specialize.serve.engine import Engine
 from specialize.serve.errors import APIError, error_body
 from specialize.serve.logprobs import Annotation, Annotator
 from specialize.serve.metrics import ServerMetrics
@@ -49,7 +50,6 @@ from specialize.serve.protocol import (
     sse,
 )
 from specialize.serve.request_log import RequestLog
-from specialize.serve.requests import Completion, EngineStopped, QueueFull, RequestHandle
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ import random
 import pytest
 import torch
 
-from specialize.serve.engine import Engine
-from specialize.serve.kv_batch import SlotBatch
-from specialize.serve.requests import SamplingParams
+from specialize.batching.engine import Engine
+from specialize.batching.kv_batch import SlotBatch
+from specialize.batching.requests import SamplingParams
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
+from specialize.batching.adapters import AdapterSource
 from specialize.constrain.decoder import Constraint, ConstraintState
 from specialize.errors import SpecializeError
-from specialize.evaluate.confidence import LabelTrie
-from specialize.registry.store import AdapterRecord
+from specialize.models.label_scores import LabelTrie
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class SamplingParams:
     # They are the model's own, from the logits before any constraint mask, as vLLM reports them.
     logprobs: int | None = None
     # Score every label of this trie as a whole reply when the request finishes (the label
-    # distribution of a reply under a label contract; `evaluate.confidence`).
+    # distribution of a reply under a label contract; `models.label_scores`).
     labels: LabelTrie | None = None
 
 
@@ -91,7 +91,7 @@ class RequestHandle:
         self,
         prompt_ids: Sequence[int],
         params: SamplingParams,
-        adapter: AdapterRecord | None,
+        adapter: AdapterSource | None,
         on_event: Callable[[Event], None] | None,
     ):
         self.id = next(_ids)

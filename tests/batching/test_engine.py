@@ -10,11 +10,11 @@ import jsonschema
 import pytest
 import torch
 
+from specialize.batching.engine import Engine
+from specialize.batching.requests import SamplingParams
 from specialize.constrain import OutputContract, labels_contract, schema_contract
 from specialize.models.chat import render_prompt
 from specialize.registry import AdapterRegistry
-from specialize.serve.engine import Engine
-from specialize.serve.requests import SamplingParams
 from tests.conftest import make_adapter_run
 
 EOS = 2  # <|im_end|> in the tiny tokenizer
@@ -38,7 +38,7 @@ PROMPTS = ["My card payment was declined.", "What is the exchange rate?", "hi", 
 def engine(tiny_model_dir, tmp_path_factory):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from specialize.serve.adapters import ResidentAdapters
+    from specialize.batching.adapters import ResidentAdapters
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
@@ -207,7 +207,7 @@ def test_stop_strings_and_streaming_next_to_constrained_rows(engine, alpha, prom
 
 
 def test_no_constrained_row_skips_the_mask(engine, alpha, prompts, monkeypatch):
-    import specialize.serve.engine as engine_module
+    import specialize.batching.engine as engine_module
 
     def fail(*args):
         raise AssertionError("mask_logits called for a batch without a constrained row")
@@ -296,7 +296,7 @@ def test_lora_variants_give_pefts_greedy_tokens_alone_and_mixed(tiny_model_dir, 
     PEFT's own greedy tokens, alone and in a batch mixing them with a plain adapter and the base."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from specialize.serve.adapters import ResidentAdapters
+    from specialize.batching.adapters import ResidentAdapters
 
     reg = AdapterRegistry(tmp_path / "reg")
     run = make_variant_run(
@@ -349,7 +349,7 @@ def test_dora_slots_equal_pefts_forward_on_a_layer_with_bias(tmp_path):
     from peft import LoraConfig, get_peft_model
     from torch import nn
 
-    from specialize.serve.adapters import BatchedLoraLinear, LoraRouting, read_adapter
+    from specialize.batching.adapters import BatchedLoraLinear, LoraRouting, read_adapter
 
     torch.manual_seed(0)
     base = nn.Sequential(OrderedDict(lin=nn.Linear(16, 8, bias=True)))
@@ -388,7 +388,7 @@ def test_mixed_batches_read_each_rows_current_adapter_as_the_batch_changes():
     (it missed epochs, so it gathers every row)."""
     from torch import nn
 
-    from specialize.serve.adapters import BatchedLoraLinear, LoraRouting
+    from specialize.batching.adapters import BatchedLoraLinear, LoraRouting
 
     torch.manual_seed(0)
     routing = LoraRouting()

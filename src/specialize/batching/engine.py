@@ -46,15 +46,10 @@ from typing import Any
 
 import torch
 
-from specialize.constrain.contract import OutputContract
-from specialize.constrain.decoder import Constraint, compile_constraint, mask_logits
-from specialize.errors import SpecializeError
-from specialize.evaluate.confidence import normalise, trie_log_probs
-from specialize.registry.store import AdapterRecord
-from specialize.serve.adapters import ResidentAdapters
-from specialize.serve.kv_batch import SlotBatch
-from specialize.serve.prefix_cache import PrefixCache
-from specialize.serve.requests import (
+from specialize.batching.adapters import AdapterSource, ResidentAdapters
+from specialize.batching.kv_batch import SlotBatch
+from specialize.batching.prefix_cache import PrefixCache
+from specialize.batching.requests import (
     Completion,
     EngineStopped,
     Event,
@@ -64,6 +59,10 @@ from specialize.serve.requests import (
     SamplingParams,
     TokenLogprob,
 )
+from specialize.constrain.contract import OutputContract
+from specialize.constrain.decoder import Constraint, compile_constraint, mask_logits
+from specialize.errors import SpecializeError
+from specialize.models.label_scores import normalise, trie_log_probs
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +133,7 @@ class Engine:
         self,
         prompt_ids: Sequence[int],
         params: SamplingParams,
-        adapter: AdapterRecord | None = None,
+        adapter: AdapterSource | None = None,
         on_event: Callable[[Event], None] | None = None,
     ) -> RequestHandle:
         if not prompt_ids:
@@ -152,7 +151,7 @@ class Engine:
         return handle
 
     def generate(
-        self, prompt_ids: Sequence[int], params: SamplingParams, adapter: AdapterRecord | None = None
+        self, prompt_ids: Sequence[int], params: SamplingParams, adapter: AdapterSource | None = None
     ) -> Completion:
         return self.submit(prompt_ids, params, adapter).wait()
 

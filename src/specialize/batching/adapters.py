@@ -44,22 +44,48 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
+from peft.utils.constants import CONFIG_NAME as CONFIG_FILE
+from peft.utils.constants import SAFETENSORS_WEIGHTS_NAME as WEIGHTS_FILE
 from torch import nn
 
-from specialize.registry.errors import RegistryError
-from specialize.registry.source import CONFIG_FILE, WEIGHTS_FILE
-from specialize.registry.store import AdapterRecord
+from specialize.errors import SpecializeError
 
 log = logging.getLogger(__name__)
 
 _PREFIX = "base_model.model."
 
 
-class AdapterLoadError(RegistryError):
+@runtime_checkable
+class AdapterSource(Protocol):
+    """What the engine needs of an adapter: a PEFT directory and a key naming its exact weights.
+
+    The registry's `AdapterSource` is one (its key changes with every new version); an evaluation
+    serving a run's own adapter builds another. A protocol, not the registry's record, so the
+    engine sits below both the registry and the evaluation."""
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def path(self) -> Path: ...
+
+
+@dataclass(frozen=True)
+class AdapterDir:
+    """An adapter directory outside the registry (a run's `adapter/`), keyed by its path and a
+    fingerprint of its weights."""
+
+    key: str
+    path: Path
+
+
+class AdapterLoadError(SpecializeError):
     """An adapter's files do not fit the served base model or use an unsupported LoRA feature."""
+
+    exit_code = 2  # as the registry's errors: the adapter cannot be used
 
 
 class LoraRouting:
@@ -375,7 +401,7 @@ def _linear_at(model: nn.Module, module_path: str, file: Path) -> nn.Linear:
 
 @dataclass
 class _Resident:
-    record: AdapterRecord
+    record: AdapterSource
     slot: int
     pins: int = 0
     doomed: bool = False  # unload requested while pinned: evict when the last request ends
@@ -402,7 +428,7 @@ class ResidentAdapters:
 
     # Engine thread only ---------------------------------------------------------------------
 
-    def acquire(self, record: AdapterRecord) -> int | None:
+    def acquire(self, record: AdapterSource) -> int | None:
         """The slot holding `record`, loading it on first use; pinned until `release`.
         None when every slot is pinned by running requests (the caller retries later)."""
         entry = self._entries.get(record.key)
@@ -431,7 +457,7 @@ class ResidentAdapters:
         if entry.pins <= 0 and entry.doomed:
             self._evict(key)
 
-    def warm(self, record: AdapterRecord) -> bool:
+    def warm(self, record: AdapterSource) -> bool:
         """Load without running a request (POST /v1/adapters); False when no slot is free."""
         if self.acquire(record) is None:
             return False
@@ -467,7 +493,7 @@ class ResidentAdapters:
         self.evictions += 1
         log.info("evicted adapter %s from slot %d", key, entry.slot)
 
-    def _install(self, record: AdapterRecord, slot: int) -> None:
+    def _install(self, record: AdapterSource, slot: int) -> None:
         began = time.perf_counter()
         weights = read_adapter(record.path, self.model, record.key, max_rank=self.max_rank)
         self._grow(slot + 1, weights.rank)
@@ -505,7 +531,7 @@ class ResidentAdapters:
     # Any thread -----------------------------------------------------------------------------
 
     def slot_of(self, key: str) -> int | None:
-        """The slot an adapter (by `AdapterRecord.key`) is installed in, None if not resident."""
+        """The slot an adapter (by `AdapterSource.key`) is installed in, None if not resident."""
         with self._lock:
             entry = self._entries.get(key)
             return entry.slot if entry is not None else None
