@@ -59,6 +59,7 @@ from specialize.batching.requests import (
     SamplingParams,
     TokenLogprob,
 )
+from specialize.batching.threads import release_thread_pool
 from specialize.constrain.contract import OutputContract
 from specialize.constrain.decoder import Constraint, compile_constraint, mask_logits
 from specialize.errors import SpecializeError
@@ -108,6 +109,7 @@ class Engine:
         self.step_rows = 0
         self.generated_tokens = 0
         self.prefills = 0
+        release_thread_pool()  # the thread that loaded the model holds an OpenMP pool: threads.py
 
     # Public API (any thread) ---------------------------------------------------------------
 
@@ -115,6 +117,7 @@ class Engine:
         if self._thread is not None:
             return
         self._check_cache_layout()
+        release_thread_pool()
         self._thread = threading.Thread(target=self._run, name="specialize-engine", daemon=True)
         self._thread.start()
 
