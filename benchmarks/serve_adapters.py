@@ -363,6 +363,7 @@ def run_naive(work: Path, adapters: list[str], counts: list[int], args) -> dict:
     from fastapi import FastAPI
     from peft import PeftModel
 
+    from specialize.batching.threads import release_thread_pool
     from specialize.models.chat import render_prompt
     from specialize.models.load import load_model
     from specialize.registry import AdapterRegistry
@@ -383,6 +384,10 @@ def run_naive(work: Path, adapters: list[str], counts: list[int], args) -> dict:
     model.eval()
     lock = threading.Lock()
     app = FastAPI()
+    # FastAPI runs each request on one of its worker threads; each would keep its own OpenMP pool
+    # and slow every other (specialize.batching.threads). The baseline gets what the engine
+    # gets: only the pool of the thread that is generating stays alive.
+    release_thread_pool()
 
     @app.post("/v1/chat/completions")
     def chat(body: dict) -> dict:  # a plain def: FastAPI runs it in a worker thread
@@ -399,6 +404,7 @@ def run_naive(work: Path, adapters: list[str], counts: list[int], args) -> dict:
                     do_sample=False,
                     pad_token_id=tokenizer.pad_token_id,
                 )
+            release_thread_pool()
             new = out[0, ids["input_ids"].shape[1] :]
             text = tokenizer.decode(new, skip_special_tokens=True)
         return {
