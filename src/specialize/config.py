@@ -230,6 +230,11 @@ class EvalConfig(_Section):
         description="Also time the adapter merged into a copy of the base, as a single-adapter "
         "deployment runs it (LoRA runs).",
     )
+    measure_served: bool = Field(
+        True,
+        description="Also time the adapter as `specialize serve` runs it: unmerged, in the "
+        "batching engine (LoRA runs).",
+    )
     constrained: bool = Field(
         True, description="Also measure every contender decoding under the run's output contract."
     )

@@ -120,6 +120,14 @@ def test_classification_report_is_complete(tiny_model_dir, tmp_path):
     assert merged["rows_compared"] == report["test_rows"] and merged["latency"]["samples"] == 2
     assert merged["replies_equal"] >= 0.9 * merged["rows_compared"] and merged["cost_per_1k"] > 0
     assert "latency (adapter merged)" in report["headline"] and "fine-tuned, merged" in output
+    # And as `specialize serve` runs it: unmerged, in the batching engine, on a fresh copy of the
+    # base; every request at once, then one at a time. In float32 the engine's batched LoRA
+    # computes what PEFT computes, so every greedy reply is the evaluation's own.
+    served = tuned["served"]
+    assert served["rows_compared"] == report["test_rows"] and served["latency"]["samples"] == 2
+    assert served["replies_equal"] == served["rows_compared"] and served["cost_per_1k"] > 0
+    assert served["tokens_per_s"] > 0 and served["throughput"]["batch_size"] == 16
+    assert "fine-tuned, served" in output
     assert "fine-tuned" in output and "report.html" in output
 
     parser = _Collect()
@@ -128,12 +136,12 @@ def test_classification_report_is_complete(tiny_model_dir, tmp_path):
     assert len(parser.images) == len(PLOTS) and all(
         src.startswith("data:image/png;base64,") for src in parser.images
     )
-    # The summary: a header, one row per contender and one for the merged adapter; the constrained
-    # table: a header and one row per contender (the worst labels and the confidence table come on
-    # top of them).
-    assert parser.table_rows["summary"] == 2 + len(names)
+    # The summary: a header, one row per contender and one each for the merged and the served
+    # adapter; the constrained table: a header and one row per contender (the worst labels and the
+    # confidence table come on top of them).
+    assert parser.table_rows["summary"] == 3 + len(names)
     assert parser.table_rows["constrained"] == 1 + len(names)
-    assert parser.rows == 3 + 2 * len(names) + parser.table_rows["worst"] + parser.table_rows["confidence"]
+    assert parser.rows == 4 + 2 * len(names) + parser.table_rows["worst"] + parser.table_rows["confidence"]
     assert "constrained" in parser.ids
     md = (tmp_path / "run" / "eval" / "report.md").read_text()
     assert report["headline"] in md
@@ -197,8 +205,8 @@ def test_classic_baseline_and_reply_confidence(tiny_model_dir, tmp_path):
     parser.feed((tmp_path / "run" / "eval" / "report.html").read_text())
     assert {"plot-reliability", "plot-coverage", "worst", "confidence"} <= parser.ids
     assert len(parser.images) == len(PLOTS)
-    # A header, one row per contender, one for the fine-tuned adapter merged into the base.
-    assert parser.table_rows["summary"] == 2 + len(names) and parser.table_rows["confidence"] == 2
+    # A header, one row per contender, one each for the adapter merged into the base and served.
+    assert parser.table_rows["summary"] == 3 + len(names) and parser.table_rows["confidence"] == 2
     assert parser.table_rows["constrained"] == len(names), (
         "the classic baseline has no contract to decode under"
     )

@@ -11,6 +11,13 @@ same operation the merged export uses) and times it the same way: a batched pass
 the test rows (throughput, and whether its greedy replies equal the unmerged adapter's, since the
 merged weights round differently) and the batch-1 latency samples. Full fine-tunes have nothing
 to merge, so they get no such record.
+
+A team serving several specialists does not merge: `specialize serve` keeps the adapter apart and
+batches requests in its engine (`specialize.batching`), with the LoRA matrices in the model's
+dtype. `measure_served` runs that engine, on a fresh copy of the base, over the same rows: every
+request at once (throughput at the engine's batch size), then one at a time (latency), and how
+many greedy replies equal the evaluation's. So the report holds both deployments' figures, and
+the serving figure is the server's own code, not an estimate.
 """
 
 from __future__ import annotations
@@ -18,14 +25,21 @@ from __future__ import annotations
 import copy
 import dataclasses
 import gc
+import logging
+import time
 from typing import Any
 
 from specialize.config import EvalConfig
 from specialize.constrain import OutputContract
+from specialize.errors import SpecializeError
 from specialize.evaluate.cost import cost_per_1k_requests
 from specialize.evaluate.timing import percentile, timed_generation
-from specialize.models.load import LoadedModel
-from specialize.records.eval import Latency, MergedDeployment, Throughput
+from specialize.inference import TrainedModel, end_of_turn_ids
+from specialize.models.chat import prompt_ids
+from specialize.models.load import LoadedModel, inference_dtype, load_model
+from specialize.records.eval import Latency, MergedDeployment, ServedDeployment, Throughput
+
+log = logging.getLogger(__name__)
 
 # Rows of the batched pass: enough full batches to compare answers and measure throughput, without
 # a second generation pass over a large test split.
@@ -90,6 +104,81 @@ def measure_merged(
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             seconds_per_request=timed.batched_seconds / len(rows) if rows else 0.0,
+        ),
+        rows_compared=len(replies),
+        replies_equal=equal,
+    )
+
+
+def measure_served(
+    trained: TrainedModel,
+    conversations: list[list[dict[str, str]]],
+    unmerged_replies: list[str],
+    *,
+    max_new_tokens: int,
+    stop: list[str],
+    eval_cfg: EvalConfig,
+) -> ServedDeployment | None:
+    """Time the run's adapter in the batching engine, as `specialize serve` runs it; compare its
+    greedy replies to the evaluation's. None for a run without an adapter, or one the server
+    cannot serve (the reason is logged: the evaluation itself does not depend on serving)."""
+    from specialize.batching import AdapterDir, Engine, ResidentAdapters, SamplingParams
+
+    weights = trained.run.weights_dir()
+    if weights == trained.run.full_model:
+        return None
+    # A fresh base: the engine wraps the base's linear layers, which must not touch the PeftModel
+    # the evaluation is still using.
+    base = load_model(trained.config.model.base, dtype=inference_dtype(trained.config.model.dtype))
+    rows = conversations[:COMPARE_ROWS]
+    prompts = [prompt_ids(base.tokenizer, messages) for messages in rows]
+    params = SamplingParams(max_tokens=max_new_tokens, temperature=0.0, stop=tuple(stop))
+    adapter = AdapterDir(key=f"eval:{weights}", path=weights)
+    engine = Engine(
+        base.model,
+        base.tokenizer,
+        adapters=ResidentAdapters(base.model, capacity=1),
+        max_batch=eval_cfg.batch_size,
+        max_queue=max(len(rows), 1),
+        eos_token_ids=end_of_turn_ids(base),
+    )
+    engine.start()
+    try:
+        engine.generate(prompts[0], params, adapter)  # loads the adapter: not part of any timing
+        began = time.perf_counter()
+        handles = [engine.submit(p, params, adapter) for p in prompts]
+        completions = [h.wait() for h in handles]
+        batched = time.perf_counter() - began
+        latencies = [
+            engine.generate(p, params, adapter).total_seconds for p in prompts[: eval_cfg.latency_samples]
+        ]
+    except SpecializeError as exc:
+        log.warning("the adapter was not timed in the serving engine: %s", exc)
+        return None
+    finally:
+        engine.stop(drain=False)
+        del engine, base
+        gc.collect()
+    replies = [c.text.strip() for c in completions]
+    equal = sum(a == b for a, b in zip(replies, unmerged_replies, strict=False))
+    generated = sum(c.completion_tokens for c in completions)
+    return ServedDeployment(
+        latency=Latency(
+            batch1_p50_s=percentile(latencies, 50),
+            batch1_p95_s=percentile(latencies, 95),
+            samples=len(latencies),
+        ),
+        throughput=Throughput(
+            requests_per_s=len(rows) / batched if batched else None,
+            batch_size=eval_cfg.batch_size,
+            seconds=batched,
+        ),
+        tokens_per_s=generated / batched if batched else None,
+        cost_per_1k=cost_per_1k_requests(
+            eval_cfg.price,
+            prompt_tokens=_mean([c.prompt_tokens for c in completions]),
+            completion_tokens=_mean([c.completion_tokens for c in completions]),
+            seconds_per_request=batched / len(rows) if rows else 0.0,
         ),
         rows_compared=len(replies),
         replies_equal=equal,

@@ -35,7 +35,7 @@ from specialize.evaluate.confidence import label_probabilities, reply_confidence
 from specialize.evaluate.constraint_effect import constraint_effect, contract_verdict, paired
 from specialize.evaluate.contenders import Contender, build_classic, build_contenders
 from specialize.evaluate.cost import break_even_requests, cost_per_1k_requests, training_cost
-from specialize.evaluate.deployment import measure_merged
+from specialize.evaluate.deployment import measure_merged, measure_served
 from specialize.evaluate.headline import headline
 from specialize.evaluate.json_confidence import reply_log_probs
 from specialize.evaluate.metrics import MetricResult, compute_metrics
@@ -123,6 +123,15 @@ def evaluate(
         if contender.role == "fine-tuned" and cfg.eval.measure_merged:
             free.merged = measure_merged(
                 contender.loaded,
+                contender.conversations,
+                free.predictions,
+                max_new_tokens=max_new,
+                stop=stop,
+                eval_cfg=cfg.eval,
+            )
+        if contender.role == "fine-tuned" and cfg.eval.measure_served:
+            free.served = measure_served(
+                trained,
                 contender.conversations,
                 free.predictions,
                 max_new_tokens=max_new,

@@ -13,7 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from specialize import format as fmt
-from specialize.records.eval import ContenderResult, EvalReport, Interval, LabelScores, PairedComparison
+from specialize.records.eval import (
+    ContenderResult,
+    Deployment,
+    EvalReport,
+    Interval,
+    LabelScores,
+    PairedComparison,
+)
 
 WORST = 8  # labels or fields listed as the fine-tuned model's worst
 
@@ -62,18 +69,18 @@ def summary_table(report: EvalReport) -> Table:
     for c in report.contenders:
         table.rows.append(_summary_cells(c))
         table.highlight.append(c.role == "fine-tuned")
-        if c.merged is not None:
-            table.rows.append(_merged_cells(c))
-            table.highlight.append(True)
+        for how, deployment in (("merged", c.merged), ("served", c.served)):
+            if deployment is not None:
+                table.rows.append(_deployment_cells(c, how, deployment))
+                table.highlight.append(True)
     return table
 
 
-def _merged_cells(c: ContenderResult) -> list[str]:
-    """The same adapter merged into the base (a single-adapter deployment): speed and cost only."""
-    m = c.merged
-    assert m is not None
+def _deployment_cells(c: ContenderResult, how: str, m: Deployment) -> list[str]:
+    """The same adapter deployed another way (merged into the base; in the serving engine): speed
+    and cost only, and how many of its replies equal the evaluated ones."""
     return [
-        f"{c.name}, merged",
+        f"{c.name}, {how}",
         "same replies",
         f"{m.replies_equal}/{m.rows_compared}",
         "",

@@ -131,17 +131,31 @@ class Throughput(_Record):
     seconds: float | None = None
 
 
-class MergedDeployment(_Record):
-    """The fine-tuned adapter merged into a copy of the base, timed like every contender.
+class Deployment(_Record):
+    """The fine-tuned adapter timed as one way of deploying it runs it, on the contender's prompts.
 
     `replies_equal` of `rows_compared` greedy replies are identical to the unmerged adapter's
-    (merging rounds the weights differently, so a rare reply may change)."""
+    in the evaluation (another way of computing the same model rounds differently, so a rare
+    reply may change)."""
 
     latency: Latency = Field(default_factory=Latency)
     throughput: Throughput = Field(default_factory=Throughput)
     cost_per_1k: float | None = None
     rows_compared: int = 0
     replies_equal: int = 0
+
+
+class MergedDeployment(Deployment):
+    """The adapter merged into a copy of the base (a single-adapter deployment), timed like every
+    contender (`evaluate.timing`)."""
+
+
+class ServedDeployment(Deployment):
+    """The adapter as `specialize serve` runs it: unmerged, in the batching engine, its LoRA in the
+    model's dtype, every request submitted at once (throughput; `throughput.batch_size` is the
+    engine's batch) and then one at a time (latency). `tokens_per_s` counts generated tokens."""
+
+    tokens_per_s: float | None = None
 
 
 class ConstraintEffect(_Record):
@@ -256,6 +270,7 @@ class ContenderResult(_Record):
     confidence: Calibration | None = None
     json_confidence: JsonConfidence | None = None  # the fine-tuned model's, on JSON tasks
     merged: MergedDeployment | None = None  # fine-tuned LoRA runs: the single-adapter deployment
+    served: ServedDeployment | None = None  # fine-tuned LoRA runs: in the batching engine
 
 
 class CurvePoint(_Record):
