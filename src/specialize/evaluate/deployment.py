@@ -27,7 +27,7 @@ import dataclasses
 import gc
 import logging
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 from specialize.config import EvalConfig
 from specialize.constrain import OutputContract
@@ -37,9 +37,11 @@ from specialize.evaluate.timing import percentile, timed_generation
 from specialize.inference import TrainedModel, end_of_turn_ids
 from specialize.models.chat import prompt_ids
 from specialize.models.load import LoadedModel, inference_dtype, load_model
-from specialize.records.eval import Latency, MergedDeployment, ServedDeployment, Throughput
+from specialize.records.eval import Deployment, Latency, MergedDeployment, ServedDeployment, Throughput
 
 log = logging.getLogger(__name__)
+
+DeploymentT = TypeVar("DeploymentT", bound=Deployment)
 
 # Rows of the batched pass: enough full batches to compare answers and measure throughput, without
 # a second generation pass over a large test split.
@@ -84,29 +86,15 @@ def measure_merged(
         # The copy is as large as the base; free it before the next contender loads anything.
         del merged
         gc.collect()
-    replies = [o.text.strip() for o in timed.outputs]
-    equal = sum(a == b for a, b in zip(replies, unmerged_replies, strict=False))
-    prompt_tokens = _mean([o.prompt_tokens for o in timed.outputs])
-    completion_tokens = _mean([o.completion_tokens for o in timed.outputs])
-    return MergedDeployment(
-        latency=Latency(
-            batch1_p50_s=percentile(timed.latencies, 50),
-            batch1_p95_s=percentile(timed.latencies, 95),
-            samples=len(timed.latencies),
-        ),
-        throughput=Throughput(
-            requests_per_s=len(rows) / timed.batched_seconds if timed.batched_seconds else None,
-            batch_size=eval_cfg.batch_size,
-            seconds=timed.batched_seconds,
-        ),
-        cost_per_1k=cost_per_1k_requests(
-            eval_cfg.price,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            seconds_per_request=timed.batched_seconds / len(rows) if rows else 0.0,
-        ),
-        rows_compared=len(replies),
-        replies_equal=equal,
+    return _deployment(
+        MergedDeployment,
+        [o.text.strip() for o in timed.outputs],
+        unmerged_replies,
+        latencies=timed.latencies,
+        batched_seconds=timed.batched_seconds,
+        prompt_tokens=[o.prompt_tokens for o in timed.outputs],
+        completion_tokens=[o.completion_tokens for o in timed.outputs],
+        eval_cfg=eval_cfg,
     )
 
 
@@ -159,29 +147,56 @@ def measure_served(
         engine.stop(drain=False)
         del engine, base
         gc.collect()
-    replies = [c.text.strip() for c in completions]
-    equal = sum(a == b for a, b in zip(replies, unmerged_replies, strict=False))
     generated = sum(c.completion_tokens for c in completions)
-    return ServedDeployment(
+    return _deployment(
+        ServedDeployment,
+        [c.text.strip() for c in completions],
+        unmerged_replies,
+        latencies=latencies,
+        batched_seconds=batched,
+        prompt_tokens=[c.prompt_tokens for c in completions],
+        completion_tokens=[c.completion_tokens for c in completions],
+        eval_cfg=eval_cfg,
+        tokens_per_s=generated / batched if batched else None,
+    )
+
+
+def _deployment(
+    kind: type[DeploymentT],
+    replies: list[str],
+    unmerged_replies: list[str],
+    *,
+    latencies: list[float],
+    batched_seconds: float,
+    prompt_tokens: list[int],
+    completion_tokens: list[int],
+    eval_cfg: EvalConfig,
+    **extra: Any,
+) -> DeploymentT:
+    """A `Deployment` record from one batched pass over the rows and the batch-1 samples:
+    latency, throughput, cost, and how many replies equal the evaluation's (plus `extra` fields
+    of the kind)."""
+    rows = len(replies)
+    return kind(
         latency=Latency(
             batch1_p50_s=percentile(latencies, 50),
             batch1_p95_s=percentile(latencies, 95),
             samples=len(latencies),
         ),
         throughput=Throughput(
-            requests_per_s=len(rows) / batched if batched else None,
+            requests_per_s=rows / batched_seconds if batched_seconds else None,
             batch_size=eval_cfg.batch_size,
-            seconds=batched,
+            seconds=batched_seconds,
         ),
-        tokens_per_s=generated / batched if batched else None,
         cost_per_1k=cost_per_1k_requests(
             eval_cfg.price,
-            prompt_tokens=_mean([c.prompt_tokens for c in completions]),
-            completion_tokens=_mean([c.completion_tokens for c in completions]),
-            seconds_per_request=batched / len(rows) if rows else 0.0,
+            prompt_tokens=_mean(prompt_tokens),
+            completion_tokens=_mean(completion_tokens),
+            seconds_per_request=batched_seconds / rows if rows else 0.0,
         ),
-        rows_compared=len(replies),
-        replies_equal=equal,
+        rows_compared=rows,
+        replies_equal=sum(a == b for a, b in zip(replies, unmerged_replies, strict=False)),
+        **extra,
     )
 
 
