@@ -11,9 +11,10 @@ and even slower than with a single torch thread (`benchmarks/engine_thread_pool.
 
 `release_thread_pool` frees the calling thread's pool (OpenMP 5's `omp_pause_resource_all`,
 soft: the runtime stays usable and the pool is re-created on the thread's next parallel op).
-The engine calls it from the thread that built it and from the one that starts it, which is
+The engine calls it from the thread that built it and from the one that starts it, usually
 where the model was loaded and the pool created. Nothing else changes: the number of threads,
-the results of every op.
+the results of every op. Through ctypes because neither torch nor any library we use exposes
+the call (`torch.set_num_threads` changes the size of future teams, not the pools alive).
 """
 
 from __future__ import annotations
