@@ -25,7 +25,7 @@ It is re-implemented here rather than called because PEFT's version serves one a
 layer call; with g stacked per slot (1 for plain LoRA slots, which turns the formula back into
 plain LoRA) a batch mixing DoRA and LoRA rows still costs the same batched matmuls.
 
-`ResidentAdapters` is the LRU over slots: an adapter is read from the registry on first use,
+`ResidentAdapters` is the LRU over slots: an adapter is read from its directory on first use,
 pinned while a request uses it, and the least recently used unpinned one is evicted when slots
 run out. All mutation happens on the engine thread, between forward passes.
 
@@ -62,7 +62,7 @@ _PREFIX = "base_model.model."
 class AdapterSource(Protocol):
     """What the engine needs of an adapter: a PEFT directory and a key naming its exact weights.
 
-    The registry's `AdapterSource` is one (its key changes with every new version); an evaluation
+    The registry's `AdapterRecord` is one (its key changes with every new version); an evaluation
     serving a run's own adapter builds another. A protocol, not the registry's record, so the
     engine sits below both the registry and the evaluation."""
 
@@ -75,8 +75,8 @@ class AdapterSource(Protocol):
 
 @dataclass(frozen=True)
 class AdapterDir:
-    """An adapter directory outside the registry (a run's `adapter/`), keyed by its path and a
-    fingerprint of its weights."""
+    """An adapter directory outside the registry (a run's `adapter/`, which the evaluation times
+    in the engine), under a key its caller chooses to name those weights."""
 
     key: str
     path: Path

@@ -10,7 +10,7 @@ batch of new requests whose prompts start with it prefills only the rest (laid o
 prompt, as in `inference.generate`'s shared prefix).
 
 The K/V of a prefix depends on the adapter (LoRA changes the key and value projections), so
-entries are keyed by the adapter's identity (`AdapterRecord.key`, which names exact weights; None
+entries are keyed by the adapter's identity (`AdapterSource.key`, which names exact weights; None
 for the base model) and the prefix tokens, in an LRU. The shared prefix itself is learned from
 traffic: the longest common prefix of the batch's prompts and of the prefix seen before, so a
 lone request still finds the part it shares with the previous one.
