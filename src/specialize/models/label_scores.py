@@ -8,13 +8,15 @@ distribution over labels, the confidence of a reply under a label contract.
 
 The label replies form a token trie (`LabelTrie`): labels that share a first token ("card",
 "card_arrival") share its node, so each distinct prefix is computed once. A batch of prompts
-takes two forward passes for all its labels (`trie_log_probs`): the prompts, batched, whose last
-logits score every first token; then, on the prompts' KV cache, the trie's nodes with children,
-flattened, under a tree attention mask (a node sees its prompt, its ancestors and itself, at
-position prompt length + depth), so a node's logits are exactly those the model would compute
-after the prompt and that label's prefix. The end-of-turn leaves are never fed, and the subtrees
-of first tokens the model all but rules out (together at most `PRUNE_MASS`) are not expanded: a
-fine-tuned model's first-token distribution is peaked, so most of the trie is never run.
+(`trie_log_probs`) takes one forward pass over the prompts, whose last logits score every first
+token, then a few short passes on the prompts' KV cache, one per level of the trie that is still
+worth expanding: each feeds the most likely scored nodes with children under a tree attention
+mask (a node sees its prompt, its ancestors and itself, at position prompt length + depth), so a
+node's logits are exactly those the model would compute after the prompt and that label's prefix.
+The end-of-turn leaves are never fed, a label's tail past its last branching is fed in the same
+pass as its head, and a prefix the model all but rules out is left unexpanded at whatever depth
+that happens, as long as those left out cannot move a normalised probability by more than
+`PRUNE_MASS`.
 
 A model-level computation (a model, token ids, a trie), so it lives with the models: the
 evaluation's calibration (`evaluate.confidence`) and the batching engine's label probabilities
@@ -33,9 +35,13 @@ from specialize.models.chat import render_reply
 
 LOGITS_BUDGET_BYTES = 256 << 20  # float32 logits (and their log-softmax) held per forward pass
 MAX_PROMPTS_PER_PASS = 16
-# First-token probability mass the scorer may leave unexpanded (see `trie_log_probs`): a
-# fine-tuned model puts almost all of it on a few labels, so most of the trie is never run.
-PRUNE_MASS = 1e-4
+# How far the scorer's pruning may move a normalised probability (see `trie_log_probs`): 1e-3 is
+# below what bfloat16 rounding alone moves them by between two batch shapes (a few hundredths;
+# benchmarks/label_levels.py prints both), and a tighter bound costs a third more passes' work.
+PRUNE_MASS = 1e-3
+# A pass's width: at most this many times its rows' mean number of nodes (see `_span`).
+SPAN_OVER_MEAN = 1.5
+SPAN_FLOOR = 8
 
 
 def reply_ids(
@@ -108,29 +114,6 @@ class LabelTrie:
         return cls.build(labels, [reply_ids(tokenizer, eos_ids, messages, label) for label in labels])
 
 
-def _lineage(trie: LabelTrie) -> np.ndarray:
-    """[nodes, nodes] ancestor-or-self: a node attends to its own label prefix only."""
-    lineage = np.eye(len(trie.tokens), dtype=bool)
-    for node, parent in enumerate(trie.parents):
-        if parent >= 0:
-            lineage[node] |= lineage[parent]  # parents come before their children
-    return lineage
-
-
-def _kept_roots(first_logp: np.ndarray, prune: float) -> np.ndarray:
-    """Which first tokens to expand: the most likely ones, until the first tokens left out hold
-    at most `prune` probability (all of them when prune is 0)."""
-    if prune <= 0:
-        return np.ones(first_logp.shape, dtype=bool)
-    probs = np.exp(first_logp)
-    order = np.argsort(-probs, kind="stable")
-    left_out = probs.sum() - np.cumsum(probs[order])  # mass not kept after keeping the top k + 1
-    k = int(np.argmax(left_out <= prune)) + 1 if (left_out <= prune).any() else len(order)
-    keep = np.zeros(first_logp.shape, dtype=bool)
-    keep[order[:k]] = True
-    return keep
-
-
 def trie_log_probs(
     model: Any,
     prompts: Sequence[Sequence[int]],
@@ -140,17 +123,21 @@ def trie_log_probs(
 ) -> np.ndarray:
     """[prompts, labels] log P(label reply | prompt) for a batch of prompts (of any lengths).
 
-    Two forward passes: the prompts (left-padded, batched), whose last logits score every
-    label's first token; then, reusing the prompts' KV cache, the trie's nodes with children
-    under the tree mask (the end-of-turn leaves are never fed). With `prune` > 0 only the
-    subtrees of the most likely first tokens are expanded, until those left out hold at most
-    `prune` probability; a label left out gets its first token's log-probability, an upper
-    bound of its own. A row where those bounds add up to more than `prune` times the probability
-    of the labels it did score gets its other subtrees run too (on the same cache), so every
-    normalised probability is within `prune` of the exact one.
-    """
-    import copy
+    One forward pass over the prompts (left-padded, batched), whose last logits score every
+    label's first token; then, on the same growing KV cache, the trie one level at a time, best
+    first: each pass feeds, for every row, the most likely scored nodes with children (a node
+    attends to its prompt, its ancestors, fed in earlier passes, and itself, at position prompt
+    length + depth), and the pass's logits score their children. A row is done when the prefixes
+    it left unexpanded hold at most `prune` times the probability of the labels it completed; a
+    label under such a prefix gets the prefix's log-probability, an upper bound of its own, so
+    every normalised probability is within `prune` of the exact one (exact with `prune=0`: then
+    the whole trie is fed).
 
+    Why level by level: a fine-tuned model is sure of a label's first tokens but not always of
+    the last ones, so pruning whole first-token subtrees (the previous scorer) still ran most of
+    the trie for most rows; here a subtree is left out at whatever depth its prefix becomes
+    unlikely, at the cost of one short pass per level.
+    """
     import torch
     from transformers import DynamicCache
 
@@ -162,114 +149,157 @@ def trie_log_probs(
     lowest = torch.finfo(dtype).min
     rows, width = len(prompts), max(len(p) for p in prompts)
     ids = torch.full((rows, width), pad_id, dtype=torch.long)
-    real = torch.zeros((rows, width), dtype=torch.long)
+    real = torch.zeros((rows, width), dtype=torch.bool)
     for row, prompt in enumerate(prompts):
         ids[row, width - len(prompt) :] = torch.tensor(list(prompt), dtype=torch.long)
-        real[row, width - len(prompt) :] = 1
-    positions = (real.cumsum(-1) - 1).clamp(min=0)
-    tokens = np.array(trie.tokens)
-    parents = np.array(trie.parents)
-    firsts = np.flatnonzero(parents < 0)
-    root_of = np.empty(len(tokens), dtype=np.int64)
+        real[row, width - len(prompt) :] = True
+    positions = (real.long().cumsum(-1) - 1).clamp(min=0)
+    children: list[list[int]] = [[] for _ in trie.tokens]
     for node, parent in enumerate(trie.parents):
-        root_of[node] = node if parent < 0 else root_of[parent]
-    expanded = np.array(trie.expanded, dtype=np.int64)
-    lineage = _lineage(trie)
-    out = np.empty((rows, len(trie.labels)))
+        if parent >= 0:
+            children[parent].append(node)
+    firsts = [n for n, parent in enumerate(trie.parents) if parent < 0]
+    leaves = sorted({path[-1] for path in trie.paths})
+    labels_under = [0] * len(trie.tokens)  # a prefix left out bounds each of its labels
+    for path in trie.paths:
+        for node in path:
+            labels_under[node] += 1
     with torch.inference_mode():
         cache = DynamicCache(config=model.config)
         first = model(
             input_ids=ids.to(device),
-            attention_mask=real.to(device),
+            attention_mask=real.long().to(device),
             position_ids=positions.to(device),
             past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
         )
-        root = torch.log_softmax(first.logits[:, -1].float(), dim=-1).double().cpu().numpy()
         cache = first.past_key_values
+        root = torch.log_softmax(first.logits[:, -1].float(), dim=-1).double().cpu().numpy()
         vocab = root.shape[1]
-        selected = []
-        for row in range(rows):
-            keep = np.zeros(len(tokens), dtype=bool)
-            keep[firsts[_kept_roots(root[row, tokens[firsts]], prune)]] = True
-            selected.append(expanded[keep[root_of[expanded]]])
-        children: list[list[int]] = [[] for _ in tokens]
-        for node, parent in enumerate(trie.parents):
-            if parent >= 0:
-                children[parent].append(node)
-        # log P(node's token | prompt, the node's prefix), for the children of every fed node
-        scores: list[dict[int, float]] = [{} for _ in range(rows)]
+        # log P(prefix up to and including the node) of every scored node, per row
+        prefix: list[dict[int, float]] = [
+            {n: float(root[row, trie.tokens[n]]) for n in firsts} for row in range(rows)
+        ]
+        column: list[dict[int, int]] = [{} for _ in range(rows)]  # fed node -> its cache column
+        length = width  # cache columns so far
+        active = list(range(rows))  # the rows still feeding, in the cache's batch order
+        while True:
+            most = max(1, LOGITS_BUDGET_BYTES // (len(active) * vocab * 4))
+            wanted = {
+                row: _with_chains(
+                    _next_to_feed(children, labels_under, leaves, prefix[row], column[row], prune, most),
+                    children,
+                    most,
+                )
+                for row in active
+            }
+            still = [i for i, row in enumerate(active) if wanted[row]]
+            if not still:
+                break
+            if len(still) < len(active):  # a finished row would only feed padding
+                cache.batch_select_indices(torch.tensor(still, device=device))
+                active = [active[i] for i in still]
+            span = _span(np.array([len(wanted[row]) for row in active]))
+            feed = [wanted[row][:span] for row in active]  # the rest waits for the next pass
+            for row, nodes in zip(active, feed, strict=True):
+                column[row].update((node, length + i) for i, node in enumerate(nodes))
+            inputs = torch.full((len(active), span), pad_id, dtype=torch.long)
+            where = torch.zeros((len(active), span), dtype=torch.long)
+            allowed = torch.zeros((len(active), 1, span, length + span), dtype=torch.bool)
+            allowed[:, 0, torch.arange(span), length + torch.arange(span)] = True  # every input sees itself
+            for b, (row, nodes) in enumerate(zip(active, feed, strict=True)):
+                allowed[b, 0, : len(nodes), :width] = real[row]
+                for i, node in enumerate(nodes):
+                    inputs[b, i] = trie.tokens[node]
+                    where[b, i] = len(prompts[row]) + trie.depths[node]
+                    ancestor = trie.parents[node]
+                    while ancestor >= 0:
+                        allowed[b, 0, i, column[row][ancestor]] = True
+                        ancestor = trie.parents[ancestor]
+            mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, lowest)
+            logits = model(
+                input_ids=inputs.to(device),
+                attention_mask=mask.to(device),
+                position_ids=where.to(device),
+                past_key_values=cache,
+                use_cache=True,
+            ).logits
+            # log-softmax at the children's tokens only: the normaliser needs the whole vocabulary,
+            # the [rows, span, vocab] log-probabilities themselves are never needed.
+            normaliser = torch.logsumexp(logits.float(), dim=-1)
+            for b, (row, nodes) in enumerate(zip(active, feed, strict=True)):
+                kids = [(i, kid) for i, node in enumerate(nodes) for kid in children[node]]
+                at = torch.tensor([i for i, _ in kids], device=logits.device)
+                token = torch.tensor([trie.tokens[kid] for _, kid in kids], device=logits.device)
+                values = (logits[b, at, token].float() - normaliser[b, at]).double().tolist()
+                for (i, kid), value in zip(kids, values, strict=True):
+                    prefix[row][kid] = prefix[row][nodes[i]] + value  # a chain's nodes come in order
+            length += span
+    out = np.empty((rows, len(trie.labels)))
+    for row in range(rows):
+        for label, path in enumerate(trie.paths):
+            # The deepest scored node of the path: the label itself, or the prefix left out.
+            out[row, label] = next(prefix[row][n] for n in reversed(path) if n in prefix[row])
+    return out
 
-        def expand(feed: list[np.ndarray]) -> None:
-            """Feed these nodes of each row on the prompts' cache; subtrees are independent, so
-            nodes fed in another call never need to see these."""
-            busy = [row for row in range(rows) if len(feed[row])]
-            groups: list[list[int]] = [[]]
-            used = 0
-            for row in busy:  # groups whose logits fit the budget
-                need = len(feed[row]) * vocab * 8
-                if groups[-1] and used + need > LOGITS_BUDGET_BYTES:
-                    groups.append([])
-                    used = 0
-                groups[-1].append(row)
-                used += need
-            for group in (g for g in groups if g):
-                span = max(len(feed[row]) for row in group)
-                sub = copy.deepcopy(cache)
-                sub.batch_select_indices(torch.tensor(group, device=device))
-                inputs = torch.full((len(group), span), pad_id, dtype=torch.long)
-                where = torch.zeros((len(group), span), dtype=torch.long)
-                allowed = torch.zeros((len(group), 1, span, width + span), dtype=torch.bool)
-                allowed[:, 0, torch.arange(span), width + torch.arange(span)] = True  # padding sees itself
-                for g, row in enumerate(group):
-                    chosen = feed[row]
-                    n = len(chosen)
-                    inputs[g, :n] = torch.from_numpy(tokens[chosen])
-                    where[g, :n] = len(prompts[row]) + torch.tensor([trie.depths[c] for c in chosen])
-                    allowed[g, 0, :, :width] = real[row].bool()
-                    allowed[g, 0, :n, width : width + n] = torch.from_numpy(lineage[np.ix_(chosen, chosen)])
-                mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, lowest)
-                logits = model(
-                    input_ids=inputs.to(device),
-                    attention_mask=mask.to(device),
-                    position_ids=where.to(device),
-                    past_key_values=sub,
-                    use_cache=True,
-                ).logits
-                logp = torch.log_softmax(logits.float(), dim=-1)
-                for g, row in enumerate(group):
-                    at = {int(node): i for i, node in enumerate(feed[row])}
-                    kids = [c for node in feed[row] for c in children[int(node)]]
-                    source = torch.tensor([at[trie.parents[c]] for c in kids], device=logp.device)
-                    values = logp[g, source, torch.tensor(tokens[kids], device=logp.device)]
-                    scores[row].update(zip(kids, values.double().tolist(), strict=True))
 
-        def total(row: int) -> None:
-            for label, path in enumerate(trie.paths):
-                # A label whose subtree was not expanded gets its first token's: an upper bound.
-                out[row, label] = root[row, tokens[path[0]]] + sum(scores[row].get(n, 0.0) for n in path[1:])
+def _next_to_feed(
+    children: list[list[int]],
+    labels_under: list[int],
+    leaves: list[int],
+    prefix: dict[int, float],
+    fed: dict[int, int],
+    prune: float,
+    most: int,
+) -> list[int]:
+    """The nodes one row feeds next (at most `most`), most likely first.
 
-        expand(selected)
-        heads = np.array([path[0] for path in trie.paths])
-        redo = []
-        for row in range(rows):
-            total(row)
-            scored = np.isin(heads, selected[row])
-            bound, exact = np.exp(out[row, ~scored]).sum(), np.exp(out[row, scored]).sum()
-            # The bound is relative to the labels' own probability: a model that rarely answers
-            # with a label (barely trained) has little of it, and its other subtrees are run too.
-            if bound > prune * exact:
-                redo.append(row)
-        if redo:
-            expand(
-                [
-                    np.setdiff1d(expanded, selected[row]) if row in redo else expanded[:0]
-                    for row in range(rows)
-                ]
-            )
-            for row in redo:
-                total(row)
+    None once the bounds its unexpanded prefixes give their labels (a prefix's probability for
+    each label under it) add up to at most `prune` times the probability of the labels it
+    completed: then no normalised probability is off by more than `prune`. Otherwise the most
+    likely prefixes, until the bounds left over hold at most half of `prune` times the row's
+    current mass (completed plus bounds), so that most rows finish in one pass per level.
+    """
+    waiting = [n for n in prefix if children[n] and n not in fed]
+    if not waiting:
+        return []
+    bound = {n: labels_under[n] * float(np.exp(prefix[n])) for n in waiting}
+    order = sorted(waiting, key=lambda n: -bound[n])
+    if prune <= 0:
+        return order[:most]
+    completed = sum(float(np.exp(prefix[n])) for n in leaves if n in prefix)
+    left = sum(bound.values())
+    if left <= prune * completed:
+        return []
+    allowance = 0.5 * prune * (completed + left)
+    chosen: list[int] = []
+    for node in order:
+        if left <= allowance or len(chosen) == most:
+            break
+        chosen.append(node)
+        left -= bound[node]
+    return chosen or order[:1]
+
+
+def _span(needs: np.ndarray) -> int:
+    """How many nodes each row feeds in this pass: every row pads to the longest, so the longest
+    lists are cut to a multiple of the mean (their most likely nodes first; the rest comes in
+    the next pass, when fewer rows are left)."""
+    return int(min(needs.max(), max(SPAN_FLOOR, np.ceil(SPAN_OVER_MEAN * needs.mean()))))
+
+
+def _with_chains(chosen: list[int], children: list[list[int]], most: int) -> list[int]:
+    """The chosen nodes, each followed by its chain of only children that have children of their
+    own (a label's tail once its prefix is unique): they would come one pass at a time anyway,
+    and one pass for the chain is as cheap as one for its head. A chain's nodes see each other
+    in the same pass; the list stays in order, parents before their children."""
+    out: list[int] = []
+    for node in chosen:
+        out.append(node)
+        while len(children[node]) == 1 and children[children[node][0]] and len(out) < most:
+            node = children[node][0]
+            out.append(node)
     return out
 
 
