@@ -63,13 +63,26 @@ def test_learns_the_labels_from_the_request_text():
 
 def test_regularisation_is_chosen_on_validation_rows(monkeypatch):
     tried = []
-    real = classic_module._pipeline
-    monkeypatch.setattr(classic_module, "_pipeline", lambda c, seed: tried.append(c) or real(c, seed))
-    fit_classic(rows(3), rows(2), rows(1))
-    assert tried == [*classic_module.C_GRID, tried[-1]] and tried[-1] in classic_module.C_GRID
+    real = classic_module._fit_classifier
+    monkeypatch.setattr(
+        classic_module, "_fit_classifier", lambda x, y, c, seed: tried.append(c) or real(x, y, c, seed)
+    )
+    fitted = fit_classic(rows(3), rows(2), rows(1))
+    # Every strength once; the chosen one is its fitted model, not a refit.
+    assert tried == list(classic_module.C_GRID) and fitted.c in classic_module.C_GRID
     tried.clear()
     fit_classic(rows(3), rows(2)[:5], rows(1))  # too few validation rows to choose on
     assert tried == [classic_module.DEFAULT_C]
+
+
+def test_worker_processes_choose_the_same_model_as_one_process(monkeypatch):
+    import numpy as np
+
+    alone = fit_classic(rows(3), rows(2), rows(1))
+    monkeypatch.setattr(classic_module, "PARALLEL_ROWS", 0)  # fit the grid in joblib's workers
+    side_by_side = fit_classic(rows(3), rows(2), rows(1))
+    assert side_by_side.c == alone.c
+    np.testing.assert_array_equal(side_by_side.pipeline[-1].coef_, alone.pipeline[-1].coef_)
 
 
 def test_measured_like_the_other_contenders_with_machine_time_as_cost():
