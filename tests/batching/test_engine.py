@@ -385,7 +385,8 @@ def test_mixed_batches_read_each_rows_current_adapter_as_the_batch_changes():
     """The row buffers copy only the rows whose slot changed between mixed batches: every
     output must still be its own slot's LoRA, through growing and shrinking batches, uniform
     batches in between, a slot whose weights change (invalidate), and a layer that joins late
-    (it missed epochs, so it gathers every row)."""
+    (it missed epochs, so it gathers every row), and transient passes (prefills) in between that
+    must leave the batch's buffers as they were."""
     from torch import nn
 
     from specialize.batching.adapters import BatchedLoraLinear, LoraRouting
@@ -403,13 +404,14 @@ def test_mixed_batches_read_each_rows_current_adapter_as_the_batch_changes():
     def expected(layer: BatchedLoraLinear, x: torch.Tensor, rows: list[int]) -> torch.Tensor:
         out = layer.base(x).clone()
         for i, s in enumerate(rows):
-            out[i] += x[i] @ layer.lora_a[s] @ layer.lora_b[s]
+            out[i] += x[i] @ layer.lora_a[s].T @ layer.lora_b[s]
         return out
 
     first, late = make_layer(), None
     batches = [[1, 2], [1, 2, 3, 4], [4, 2, 3, 1], [2, 2, 2], [3, 0, 3, 1], [1], [3, 0, 3, 1, 2, 4, 4]]
+    steps = [*batches, "swap", [3, 0, 3, 1], ("transient", [4, 1]), [3, 0, 3, 1], [0, 3]]
     with torch.no_grad():
-        for step, rows in enumerate([*batches, "swap", [3, 0, 3, 1], [0, 3]]):
+        for step, rows in enumerate(steps):
             if rows == "swap":  # slot 3 gets another adapter, as ResidentAdapters._install does
                 for layer in (first, late):
                     layer.set_slot(3, torch.randn(6, rank), torch.randn(rank, 4))
@@ -417,7 +419,14 @@ def test_mixed_batches_read_each_rows_current_adapter_as_the_batch_changes():
                 continue
             if step == 3:
                 late = make_layer()
-            routing.set(rows)
+            transient = isinstance(rows, tuple)
+            if transient:
+                rows = rows[1]
+                held = [(layer._rows_ab[1].clone(), layer._rows_ab[2].clone()) for layer in (first, late)]
+            routing.set(rows, transient=transient)
             x = torch.randn(len(rows), 2, 6)
             for layer in (first, late) if late is not None else (first,):
                 torch.testing.assert_close(layer(x), expected(layer, x, rows))
+            if transient:
+                for layer, (a, b) in zip((first, late), held, strict=True):
+                    assert torch.equal(layer._rows_ab[1], a) and torch.equal(layer._rows_ab[2], b)

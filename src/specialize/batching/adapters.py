@@ -4,10 +4,10 @@ PEFT's mixed-adapter batches (`adapter_names=`) loop over the distinct adapters 
 every LoRA layer, so a decode step with 16 different adapters costs 16 small matmuls per layer
 plus Python overhead, so a step costs more the more distinct adapters it holds. Here every
 target `nn.Linear` is wrapped once by `BatchedLoraLinear`, which keeps the resident adapters
-stacked in slots, `A: [slots, in, r]` and `B: [slots, r, out]` (B pre-multiplied by the LoRA
+stacked in slots, `A: [slots, r, in]` and `B: [slots, r, out]` (B pre-multiplied by the LoRA
 scaling), and computes each row's update with two batched matmuls over its gathered slot:
 
-    y = x W^T + bmm(bmm(x, A[slot]), B[slot])
+    y = x W^T + bmm(bmm(x, A[slot]^T), B[slot])
 
 That is the same formula as PEFT's LoRA forward (`lora_B(lora_A(x)) * scaling`), for any mix of
 adapters, in a fixed number of ops. Slot 0 is all zeros: the base model. Adapters of a smaller
@@ -101,9 +101,23 @@ class LoraRouting:
     leaves at most steps; so `set` only records the rows whose slot changed (`changed_rows`,
     `changed_slots`, one `epoch` per mixed call) and each layer copies just those. A layer that
     missed an epoch (new, resized) gathers every held row again.
+
+    A `transient` call (the engine's prefill of a few new rows) gathers its rows' weights for
+    that pass only and leaves the buffers alone: written into the first rows' buffers, they
+    would be copied back at the next decode step.
     """
 
-    __slots__ = ("rows", "uniform", "version", "_last", "held", "epoch", "changed_rows", "changed_slots")
+    __slots__ = (
+        "rows",
+        "uniform",
+        "version",
+        "_last",
+        "held",
+        "epoch",
+        "changed_rows",
+        "changed_slots",
+        "transient",
+    )
 
     def __init__(self) -> None:
         self.rows: torch.Tensor | None = None
@@ -114,16 +128,20 @@ class LoraRouting:
         self.epoch = 0
         self.changed_rows = torch.zeros(0, dtype=torch.long)
         self.changed_slots = torch.zeros(0, dtype=torch.long)
+        self.transient = False
 
-    def set(self, slots: list[int]) -> None:
-        if slots == self._last:
+    def set(self, slots: list[int], *, transient: bool = False) -> None:
+        if slots == self._last and transient == self.transient:
             return
         self._last = list(slots)
         self.version += 1
+        self.transient = transient
         if all(s == slots[0] for s in slots):
             self.uniform, self.rows = slots[0], None
             return
         self.uniform, self.rows = None, torch.tensor(slots, dtype=torch.long)
+        if transient:
+            return
         held = self.held
         if len(held) < len(slots):  # grow by doubling: a filling batch regathers only log2 times
             held.extend([0] * (max(len(slots), 2 * len(held)) - len(held)))
@@ -156,7 +174,9 @@ class BatchedLoraLinear(nn.Module):
         self.routing = routing
         weight = base.weight
         # Plain attributes, not buffers: they are serving state, not part of the model's state_dict.
-        self.lora_a = torch.zeros(slots, base.in_features, rank, dtype=weight.dtype, device=weight.device)
+        # A as PEFT stores it, [slots, r, in]: x A^T then reads each rank's weights as one
+        # contiguous row, which the batched matmul streams faster than [slots, in, r].
+        self.lora_a = torch.zeros(slots, rank, base.in_features, dtype=weight.dtype, device=weight.device)
         self.lora_b = torch.zeros(slots, rank, base.out_features, dtype=weight.dtype, device=weight.device)
         # DoRA's per-slot output scale g [slots, out] (1 in plain slots); allocated on the first
         # DoRA adapter, so a server without one pays nothing for it.
@@ -168,13 +188,13 @@ class BatchedLoraLinear(nn.Module):
         self._rows_g: tuple[int, torch.Tensor | None] | None = None
 
     def resize(self, slots: int, rank: int) -> None:
-        old_slots, _, old_rank = self.lora_a.shape
+        old_slots, old_rank, _ = self.lora_a.shape
         if slots == old_slots and rank == old_rank:
             return
-        a = self.lora_a.new_zeros(slots, self.base.in_features, rank)
+        a = self.lora_a.new_zeros(slots, rank, self.base.in_features)
         b = self.lora_b.new_zeros(slots, rank, self.base.out_features)
         keep_s, keep_r = min(slots, old_slots), min(rank, old_rank)
-        a[:keep_s, :, :keep_r] = self.lora_a[:keep_s, :, :keep_r]
+        a[:keep_s, :keep_r, :] = self.lora_a[:keep_s, :keep_r, :]
         b[:keep_s, :keep_r, :] = self.lora_b[:keep_s, :keep_r, :]
         self.lora_a, self.lora_b = a, b
         if self.dora_scale is not None:
@@ -194,7 +214,7 @@ class BatchedLoraLinear(nn.Module):
         self.lora_b[slot].zero_()
         if a_t is not None and b_t is not None:
             r = a_t.shape[1]
-            self.lora_a[slot, :, :r] = a_t
+            self.lora_a[slot, :r, :] = a_t.T
             self.lora_b[slot, :r, :] = b_t
         if dora_scale is not None:
             if self.dora_scale is None:
@@ -215,10 +235,10 @@ class BatchedLoraLinear(nn.Module):
             s = routing.uniform
             flat = y.view(-1, y.shape[-1])
             if s in self.dora_slots:
-                lora = (x.reshape(-1, x.shape[-1]) @ self.lora_a[s]) @ self.lora_b[s]
+                lora = (x.reshape(-1, x.shape[-1]) @ self.lora_a[s].T) @ self.lora_b[s]
                 self._add_dora(flat, lora, self.dora_scale[s])  # type: ignore[index]
                 return y
-            flat.addmm_(x.reshape(-1, x.shape[-1]) @ self.lora_a[s], self.lora_b[s])
+            flat.addmm_(x.reshape(-1, x.shape[-1]) @ self.lora_a[s].T, self.lora_b[s])
             return y
         # Each row's A and B from the row buffers, brought up to date with only the rows whose
         # slot changed: two batched matmuls per layer however many adapters the batch mixes.
@@ -226,13 +246,15 @@ class BatchedLoraLinear(nn.Module):
         rows3 = y.view(y.shape[0], -1, y.shape[-1])
         g = self._row_dora_scale()
         if g is not None:
-            self._add_dora(rows3, torch.bmm(torch.bmm(x.reshape(x.shape[0], -1, x.shape[-1]), a), b), g)
+            self._add_dora(rows3, torch.bmm(torch.bmm(x.reshape(x.shape[0], -1, x.shape[-1]), a.mT), b), g)
             return y
-        rows3.baddbmm_(torch.bmm(x.reshape(x.shape[0], -1, x.shape[-1]), a), b)
+        rows3.baddbmm_(torch.bmm(x.reshape(x.shape[0], -1, x.shape[-1]), a.mT), b)
         return y
 
     def _row_weights(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
         routing, buffers = self.routing, self._rows_ab
+        if routing.transient:
+            return self.lora_a[routing.rows], self.lora_b[routing.rows]
         if buffers is None or buffers[0] < routing.epoch - 1:
             held = torch.tensor(routing.held, dtype=torch.long)
             buffers = (routing.epoch, self.lora_a[held], self.lora_b[held])
@@ -475,8 +497,10 @@ class ResidentAdapters:
         else:
             self._evict(key)
 
-    def route(self, slots: list[int]) -> None:
-        self.routing.set(slots)
+    def route(self, slots: list[int], *, transient: bool = False) -> None:
+        """The next forward pass's rows use these slots; `transient` for a pass whose rows are
+        not the running batch's (see `LoraRouting`)."""
+        self.routing.set(slots, transient=transient)
 
     def _take_slot(self) -> int | None:
         if not self._free:

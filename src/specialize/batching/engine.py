@@ -323,7 +323,7 @@ class Engine:
         cache = None
         if shared and self.prefixes is not None:
             cache = self.prefixes.batch_cache([(r.key, r.slot) for r in rows], prefix, self._prefill_prefix)
-        self.adapters.route([r.slot for r in rows])
+        self.adapters.route([r.slot for r in rows], transient=True)  # the batch's row buffers stay
         out = self.model(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
@@ -338,7 +338,7 @@ class Engine:
     def _prefill_prefix(self, slots: list[int], prefix: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """`prefix`'s K/V under each adapter slot, one row per slot, in one forward pass."""
         device = self.model.device
-        self.adapters.route(slots)
+        self.adapters.route(slots, transient=True)
         out = self.model(
             input_ids=torch.tensor([prefix] * len(slots), device=device), use_cache=True, logits_to_keep=1
         )
