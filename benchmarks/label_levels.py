@@ -2,9 +2,9 @@
 
     python benchmarks/label_levels.py [--run RUN] [--prompts 64] [--rounds 2]
 
-Both score every label of a trained run (default: the demo's `runs/banking77`; without one, the
-bundled base model over the Banking77 labels) as a whole reply for the run's own test prompts,
-16 prompts per batch:
+Both score every label of a trained label run (default: the demo's `runs/banking77`, which
+`make demo` makes; without it the benchmark says so and stops) as a whole reply for the run's
+own test prompts, 16 prompts per batch:
 
 (a) the previous scorer, kept here as the baseline: the prompts, then in one more pass every
     node of the subtrees of the likely first tokens (pruned first-token mass 1e-4), and every
@@ -223,6 +223,9 @@ def main() -> None:
 
     quiet_libraries()
     torch.set_num_threads(os.cpu_count() or 1)
+    if not (Path(args.run) / "run.json").is_file():
+        print(f"skipped: no trained run at {args.run} (make demo makes one, or pass --run)")
+        return
     run = open_run(args.run)
     trained = load_run(run.path)
     splits = read_splits(run)

@@ -8,8 +8,9 @@ and test rows) scores every Banking77 label as a whole reply for the same test r
 (a) the previous scorer, kept here as the baseline: per prompt, a prefill, then the label
     continuations in chunks of 64 over copies of the prompt's KV cache;
 (b) `evaluate.confidence.label_probabilities`: the labels as a token trie, the prompts batched,
-    then only the likely first tokens' subtrees under a tree attention mask (pruned mass 1e-4).
-    A fine-tuned model's first-token distribution is peaked, so (b) gains most with --run.
+    then the trie level by level under a tree attention mask, only where its prefixes are still
+    likely (`PRUNE_MASS`); `label_levels.py` compares it with the two-pass trie scorer before it.
+    A fine-tuned model's distribution is peaked, so (b) gains most with --run.
 
 Rounds alternate (a) and (b) so that machine noise hits both; each side's best round counts.
 Printed: prompts/s of each, the ratio (b)/(a), and the largest difference between their

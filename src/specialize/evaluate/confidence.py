@@ -1,6 +1,6 @@
 """Label confidence in the evaluation: each row's probability of every allowed label, and of its reply.
 
-The scoring itself (label replies as a token trie, two forward passes per batch of prompts) is
+The scoring itself (label replies as a token trie, scored level by level per batch of prompts) is
 `models.label_scores`; here it meets the evaluation's types: a loaded model and its end-of-turn
 tokens, conversations, and the reply each row gave.
 """
