@@ -430,3 +430,103 @@ def test_mixed_batches_read_each_rows_current_adapter_as_the_batch_changes():
             if transient:
                 for layer, (a, b) in zip((first, late), held, strict=True):
                     assert torch.equal(layer._rows_ab[1], a) and torch.equal(layer._rows_ab[2], b)
+
+
+def test_free_rows_neither_mix_a_one_adapter_batch_nor_cost_a_copy():
+    """A free slot of the running batch (None) takes whatever its row buffers hold: a batch of
+    one adapter with free slots stays on the plain-matmul path, and in a mixed batch a free row
+    keeps its buffers, so its next occupant with the same adapter needs no copy."""
+    from torch import nn
+
+    from specialize.batching.adapters import BatchedLoraLinear, LoraRouting
+
+    torch.manual_seed(1)
+    routing = LoraRouting()
+    layer = BatchedLoraLinear(nn.Linear(6, 4, bias=False), routing, slots=4, rank=2)
+    for s in range(1, 4):
+        layer.set_slot(s, torch.randn(6, 2), torch.randn(2, 4))
+
+    def check(rows: list[int | None]) -> None:
+        x = torch.randn(len(rows), 1, 6)
+        out = layer(x)
+        for i, s in enumerate(rows):
+            if s is not None:
+                want = layer.base(x[i]) + x[i] @ layer.lora_a[s].T @ layer.lora_b[s]
+                torch.testing.assert_close(out[i], want)
+
+    with torch.no_grad():
+        routing.set([2, None, 2, None])
+        assert routing.uniform == 2
+        check([2, None, 2, None])
+        routing.set([1, 2, 3])
+        check([1, 2, 3])
+        routing.set([1, None, 3])
+        assert routing.uniform is None and routing.held[:3] == [1, 2, 3] and len(routing.changed_rows) == 0
+        check([1, None, 3])
+        routing.set([1, 2, 3])  # the free row's next occupant brings back the adapter it held
+        assert len(routing.changed_rows) == 0
+        check([1, 2, 3])
+        routing.set([None, None])
+        assert routing.uniform == 0
+
+
+def test_joining_rows_take_the_free_slots_holding_their_adapters(tiny_model_dir, tmp_path):
+    """A second wave of requests for the same adapters, arriving in another order, lands in the
+    slots whose row buffers already hold each adapter (no weights copied) and still gets PEFT's
+    greedy tokens; rows whose adapter no free slot holds fill the remaining lowest slots."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from specialize.batching.adapters import ResidentAdapters
+
+    reg = AdapterRegistry(tmp_path / "reg")
+    records = [
+        reg.add(f"a{i}", make_adapter_run(tmp_path / f"a{i}", tiny_model_dir, seed=20 + i)) for i in range(3)
+    ]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompt_ids = [tokenizer(p)["input_ids"] for p in PROMPTS[:3]]
+    reference = [peft_greedy(tiny_model_dir, r.path, prompt_ids, max_tokens=6) for r in records]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    served = Engine(model, tokenizer, adapters=ResidentAdapters(model, capacity=4), max_batch=8)
+    routing = served.adapters.routing
+    params = greedy(6, ignore_eos=True)
+
+    def step(copied: list[int]) -> None:
+        epoch = routing.epoch
+        served._iterate()
+        if routing.epoch != epoch:
+            copied.extend(routing.changed_rows.tolist())
+
+    def wave(order: list[int]) -> tuple[list[list[int]], list[int]]:
+        handles = [served.submit(prompt_ids[i], params, records[i]) for i in order]
+        copied: list[int] = []
+        while served.running or served.queue_depth:
+            step(copied)
+        return [h.wait(0).token_ids for h in handles], copied
+
+    first, _ = wave([0, 1, 2])
+    second, copied = wave([2, 0, 1])
+    assert copied == []  # every row found its adapter's weights where it landed
+    assert [served.adapters.held_slot(s) for s in range(3)] == [
+        served.adapters.slot_of(r.key) for r in records
+    ]
+    assert first == [reference[i][i] for i in range(3)]
+    assert second == [reference[i][i] for i in (2, 0, 1)]
+    # One request joining while another decodes: rows 0 and 1 are free, and a1 takes row 1,
+    # which holds it, not the lowest free row.
+    copied = []
+    short, long = greedy(2, ignore_eos=True), greedy(6, ignore_eos=True)
+    handles = [served.submit(prompt_ids[i], p, records[i]) for i, p in ((0, short), (1, short), (2, long))]
+    while served.running == 3 or served.queue_depth:
+        step(copied)
+    assert served._batch.occupied == [2]
+    late = served.submit(prompt_ids[1], params, records[1])
+    step(copied)
+    assert served._batch.occupied == [1, 2]
+    while served.running:
+        step(copied)
+    assert copied == [] and late.wait(0).token_ids == reference[1][1]
+    assert [h.wait(0).token_ids for h in handles] == [
+        reference[i][i][:n] for i, n in ((0, 2), (1, 2), (2, 6))
+    ]
+    third, copied = wave([1, 2, 1])  # a1 twice: one of its rows finds its buffers, one needs a copy
+    assert third == [reference[1][1], reference[2][2], reference[1][1]] and copied == [0]

@@ -164,3 +164,25 @@ def test_a_shared_prompt_start_is_prefilled_once_and_answers_do_not_change(model
     cache = engine.prefixes
     # The first prompt had nothing to share with; every later one found the 24-token start.
     assert (cache.misses, cache.hits) == (1, 2) and cache.shared([start + [7, 8]]) == start
+
+
+def test_rows_can_be_placed_in_chosen_free_slots():
+    batch = SlotBatch(max_rows=4)
+
+    class Layer:
+        def __init__(self, rows):
+            self.keys = self.values = torch.arange(rows * 2, dtype=torch.float32).reshape(rows, 1, 2, 1)
+
+    class Prefill:
+        def __init__(self, rows):
+            self.layers = [Layer(rows)]
+
+    assert batch.free_slots(2) == [0, 1]
+    assert batch.place(["a", "b"], Prefill(2), torch.ones(2, 2, dtype=torch.long), slots=[1, 0]) == [1, 0]
+    assert batch.rows[:2] == ["b", "a"]
+    assert batch.free_slots(3) == [2, 3, 4]  # past the last slot when too few are free
+    with pytest.raises(ValueError, match="distinct free slots"):
+        batch.place(["c"], Prefill(1), torch.ones(1, 2, dtype=torch.long), slots=[0])
+    with pytest.raises(ValueError, match="distinct free slots"):
+        batch.place(["c", "d"], Prefill(2), torch.ones(2, 2, dtype=torch.long), slots=[2, 2])
+    assert batch.rows[:2] == ["b", "a"] and batch.count == 2  # a refused placement changes nothing

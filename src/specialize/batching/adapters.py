@@ -42,6 +42,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -100,7 +101,10 @@ class LoraRouting:
     hundred MB) at nearly every decode step, since with continuous batching a row joins or
     leaves at most steps; so `set` only records the rows whose slot changed (`changed_rows`,
     `changed_slots`, one `epoch` per mixed call) and each layer copies just those. A layer that
-    missed an epoch (new, resized) gathers every held row again.
+    missed an epoch (new, resized) gathers every held row again. A copy is still one gather of
+    the row's A and B in every adapted layer, so the engine also spares them where it can: free
+    rows keep what they hold (`None` in `set`), and a joining request goes to a free row that
+    holds its adapter (`held_slot`).
 
     A `transient` call (the engine's prefill of a few new rows) gathers its rows' weights for
     that pass only and leaves the buffers alone: written into the first rows' buffers, they
@@ -130,22 +134,30 @@ class LoraRouting:
         self.changed_slots = torch.zeros(0, dtype=torch.long)
         self.transient = False
 
-    def set(self, slots: list[int], *, transient: bool = False) -> None:
+    def set(self, slots: Sequence[int | None], *, transient: bool = False) -> None:
+        """Route the next pass's rows; None marks a row whose output is thrown away (a free slot
+        of the running batch), which takes whatever its buffers hold: a free row neither turns a
+        one-adapter batch into a mixed one nor costs a copy, now or when its next occupant brings
+        back the adapter it held."""
         if slots == self._last and transient == self.transient:
             return
         self._last = list(slots)
         self.version += 1
         self.transient = transient
-        if all(s == slots[0] for s in slots):
-            self.uniform, self.rows = slots[0], None
-            return
-        self.uniform, self.rows = None, torch.tensor(slots, dtype=torch.long)
-        if transient:
+        present = [s for s in slots if s is not None]
+        if not present or all(s == present[0] for s in present):
+            self.uniform, self.rows = (present[0] if present else 0), None
             return
         held = self.held
-        if len(held) < len(slots):  # grow by doubling: a filling batch regathers only log2 times
+        if not transient and len(held) < len(slots):
+            # grow by doubling: a filling batch regathers only log2 times
             held.extend([0] * (max(len(slots), 2 * len(held)) - len(held)))
             self.epoch += 1  # layers' buffers are too short: every layer gathers again
+        filled = [s if s is not None else (held[i] if i < len(held) else 0) for i, s in enumerate(slots)]
+        self.uniform, self.rows = None, torch.tensor(filled, dtype=torch.long)
+        if transient:
+            return
+        slots = filled
         changed = [i for i, slot in enumerate(slots) if held[i] != slot]
         for i in changed:
             held[i] = slots[i]
@@ -154,9 +166,13 @@ class LoraRouting:
         self.epoch += 1
 
     @property
-    def slots(self) -> list[int]:
-        """Each row's slot in the current batch."""
+    def slots(self) -> list[int | None]:
+        """Each row's slot in the current batch (None: a row whose output is not used)."""
         return self._last
+
+    def held_slot(self, row: int) -> int | None:
+        """The slot whose weights row `row`'s buffers hold, None if it has none yet."""
+        return self.held[row] if row < len(self.held) else None
 
     def invalidate(self) -> None:
         """A slot's weights changed: every layer's row buffers are stale."""
@@ -497,10 +513,14 @@ class ResidentAdapters:
         else:
             self._evict(key)
 
-    def route(self, slots: list[int], *, transient: bool = False) -> None:
+    def route(self, slots: Sequence[int | None], *, transient: bool = False) -> None:
         """The next forward pass's rows use these slots; `transient` for a pass whose rows are
         not the running batch's (see `LoraRouting`)."""
         self.routing.set(slots, transient=transient)
+
+    def held_slot(self, row: int) -> int | None:
+        """The adapter slot whose weights the mixed-batch row buffers of batch row `row` hold."""
+        return self.routing.held_slot(row)
 
     def _take_slot(self) -> int | None:
         if not self._free:

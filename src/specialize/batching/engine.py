@@ -6,7 +6,8 @@ One background thread owns the model. Every iteration of its loop:
 2. admits waiting requests while the batch has room: their prompts are prefilled together
    (left-padded, each row routed to its own adapter slot), their first token is sampled, and
    their KV cache is written into free slots of the running batch's cache (`kv_batch.SlotBatch`,
-   preallocated: nothing of the running rows is copied when a request joins or leaves);
+   preallocated: nothing of the running rows is copied when a request joins or leaves), each
+   into a slot whose LoRA row buffers already hold its adapter where a free one does;
    The part of the prompts that recent requests shared (the chat template's system turn, say) is
    not prefilled again: its K/V comes from the per-adapter prefix cache (`prefix_cache.py`).
    A prompt longer than `prefill_chunk` tokens that arrives while rows are decoding is prefilled
@@ -362,7 +363,25 @@ class Engine:
             index = torch.tensor(keep, device=device)
             _select(cache, index)
             mask = mask.index_select(0, index)
-        self._batch.place([rows[i] for i in keep], cache, mask)
+        joining = [rows[i] for i in keep]
+        self._batch.place(joining, cache, mask, slots=self._slots_for(joining))
+
+    def _slots_for(self, rows: list[RunningRow]) -> list[int]:
+        """The batch slots the joining rows take. Any free slot that keeps the forward pass as
+        short as the lowest free ones would (a free slot below `live` runs as a pad row anyway)
+        may be taken, and each row goes to one whose LoRA row buffers already hold its adapter
+        where there is one: joining then copies no adapter weights (a copy costs every adapted
+        layer a gather of the row's A and B). The other rows take the lowest slots left."""
+        batch = self._batch
+        bound = max(batch.live, max(batch.free_slots(len(rows))) + 1)
+        candidates = [s for s in batch.free_slots(bound) if s < bound]
+        holding: dict[int | None, list[int]] = {}
+        for slot in candidates:
+            holding.setdefault(self.adapters.held_slot(slot), []).append(slot)
+        chosen = [holding[row.slot].pop(0) if holding.get(row.slot) else None for row in rows]
+        taken = {c for c in chosen if c is not None}
+        rest = iter([s for s in candidates if s not in taken])
+        return [c if c is not None else next(rest) for c in chosen]
 
     @torch.inference_mode()
     def _decode(self) -> None:
@@ -375,7 +394,7 @@ class Engine:
         )
         positions = torch.tensor([[r.position if r else 0] for r in slots], dtype=torch.long, device=device)
         mask = batch.step_mask()
-        self.adapters.route([r.slot if r else 0 for r in slots])
+        self.adapters.route([r.slot if r else None for r in slots])  # free rows: see LoraRouting.set
         out = self.model(
             input_ids=ids,
             attention_mask=mask.to(device),

@@ -111,9 +111,12 @@ class SlotBatch:
     # Joining -------------------------------------------------------------------------------
 
     @torch.inference_mode()  # the buffers are inference tensors: mutate them in that mode
-    def place(self, rows: Sequence[Any], cache: Any, mask: torch.Tensor) -> list[int]:
+    def place(
+        self, rows: Sequence[Any], cache: Any, mask: torch.Tensor, *, slots: Sequence[int] | None = None
+    ) -> list[int]:
         """Put freshly prefilled rows (their own `DynamicCache` and 0/1 mask, left-padded to one
-        width) into free slots, right-aligned to the window's end; returns their slots."""
+        width) into free slots, right-aligned to the window's end; returns their slots. `slots`
+        (distinct, from `free_slots`) says which slot each row takes; by default the lowest free."""
         if len(rows) > self.free:
             raise ValueError(f"{len(rows)} rows do not fit in {self.free} free slots")
         layers = cache.layers
@@ -122,7 +125,14 @@ class SlotBatch:
             self._allocate(layers, rows=len(rows), columns=width + _GROW_COLUMNS)
         if self.count == 0:  # an empty batch starts a new, empty window just wide enough on its left
             self.start = self.end = min(width, self.mask.shape[1])
-        slots = self._take_slots(len(rows))
+        if slots is None:
+            slots = self.free_slots(len(rows))
+        elif len(set(slots)) != len(rows) or any(
+            s < len(self.rows) and self.rows[s] is not None for s in slots
+        ):
+            raise ValueError(f"slots {list(slots)} are not {len(rows)} distinct free slots")
+        slots = list(slots)
+        self.rows.extend([None] * (max(slots) + 1 - len(self.rows)))
         self._ensure(rows=max(slots) + 1, left=width, right=0)
         if self.end - width < self.start:
             self.start = self.end - width  # the new columns are zero in every other row's mask
@@ -189,12 +199,11 @@ class SlotBatch:
 
     # Storage -------------------------------------------------------------------------------
 
-    def _take_slots(self, n: int) -> list[int]:
+    def free_slots(self, n: int) -> list[int]:
+        """The `n` lowest free slots (new ones past the last if too few are free): where `place`
+        puts `n` rows unless told otherwise."""
         slots = [i for i, row in enumerate(self.rows) if row is None][:n]
-        while len(slots) < n:
-            slots.append(len(self.rows))
-            self.rows.append(None)
-        return slots
+        return slots + list(range(len(self.rows), len(self.rows) + n - len(slots)))
 
     def _allocate(self, layers: Sequence[Any], *, rows: int, columns: int) -> None:
         rows = min(self.max_rows, max(rows, 1))
