@@ -52,19 +52,26 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=128, help="Requests per round.")
     parser.add_argument("--rounds", type=int, default=3, help="Rounds of each placement, alternating.")
     parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument(
+        "--workloads", default=",".join(w[0] for w in WORKLOADS), help="Comma-separated, from: %(default)s."
+    )
     args = parser.parse_args()
+    chosen = set(args.workloads.split(","))
+    workloads = [w for w in WORKLOADS if w[0] in chosen]
+    if not workloads:
+        parser.error(f"--workloads: none of {sorted(chosen)} is a workload")
 
     from specialize.cli.common import quiet_libraries
 
     quiet_libraries()
     work = Path(tempfile.mkdtemp(prefix="specialize-affinity-"))
     try:
-        names = make_adapters(work, max(n for _, n, _ in WORKLOADS), rank=16)
-        results = measure(work, names, args)
+        names = make_adapters(work, max(n for _, n, _ in workloads), rank=16)
+        results = measure(work, names, workloads, args)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"{'workload':>16} {'placement':>13} {'best tok/s':>11} {'median':>8} {'copies/request':>15}")
-    for name, _, _ in WORKLOADS:
+    for name, _, _ in workloads:
         for placement in ("affinity", "lowest-first"):
             runs = results[name][placement]
             print(
@@ -72,7 +79,7 @@ def main() -> None:
                 f"{statistics.median(r[0] for r in runs):>8.1f} {statistics.mean(r[1] for r in runs):>15.2f}"
             )
     ratios = []
-    for name, _, _ in WORKLOADS:
+    for name, _, _ in workloads:
         best = {p: max(r[0] for r in results[name][p]) for p in ("affinity", "lowest-first")}
         ratios.append(f"{name} {best['affinity'] / best['lowest-first']:.2f}x")
     print("RESULT joining rows placed by adapter vs in the lowest free rows: " + ", ".join(ratios))
@@ -95,7 +102,7 @@ def jobs_for(
     return [shared]  # one queue every client takes from
 
 
-def measure(work: Path, names: list[str], args) -> dict:
+def measure(work: Path, names: list[str], workloads: list[tuple[str, int, str]], args) -> dict:
     import torch
 
     from specialize.batching import Engine, ResidentAdapters, SamplingParams
@@ -160,7 +167,7 @@ def measure(work: Path, names: list[str], args) -> dict:
 
     results: dict = {}
     with torch.inference_mode():
-        for name, n, order in WORKLOADS:
+        for name, n, order in workloads:
             use("affinity")
             closed_loop(jobs_for(names, n, order, args.clients, args.clients))  # warm-up
             results[name] = {"affinity": [], "lowest-first": []}
