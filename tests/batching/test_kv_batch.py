@@ -185,4 +185,6 @@ def test_rows_can_be_placed_in_chosen_free_slots():
         batch.place(["c"], Prefill(1), torch.ones(1, 2, dtype=torch.long), slots=[0])
     with pytest.raises(ValueError, match="distinct free slots"):
         batch.place(["c", "d"], Prefill(2), torch.ones(2, 2, dtype=torch.long), slots=[2, 2])
-    assert batch.rows[:2] == ["b", "a"] and batch.count == 2  # a refused placement changes nothing
+    with pytest.raises(ValueError, match="below 4"):
+        batch.place(["c"], Prefill(1), torch.ones(1, 2, dtype=torch.long), slots=[7])
+    assert batch.rows[:2] == ["b", "a"] and batch.count == 2 and len(batch.rows) == 2  # nothing changed

@@ -119,19 +119,22 @@ class SlotBatch:
         (distinct, from `free_slots`) says which slot each row takes; by default the lowest free."""
         if len(rows) > self.free:
             raise ValueError(f"{len(rows)} rows do not fit in {self.free} free slots")
+        if slots is not None and (
+            len(set(slots)) != len(rows)
+            or any(
+                not 0 <= s < self.max_rows or (s < len(self.rows) and self.rows[s] is not None) for s in slots
+            )
+        ):
+            raise ValueError(
+                f"slots {list(slots)} are not {len(rows)} distinct free slots below {self.max_rows}"
+            )
         layers = cache.layers
         width = mask.shape[1]
         if not self.keys:
             self._allocate(layers, rows=len(rows), columns=width + _GROW_COLUMNS)
         if self.count == 0:  # an empty batch starts a new, empty window just wide enough on its left
             self.start = self.end = min(width, self.mask.shape[1])
-        if slots is None:
-            slots = self.free_slots(len(rows))
-        elif len(set(slots)) != len(rows) or any(
-            s < len(self.rows) and self.rows[s] is not None for s in slots
-        ):
-            raise ValueError(f"slots {list(slots)} are not {len(rows)} distinct free slots")
-        slots = list(slots)
+        slots = list(slots) if slots is not None else self.free_slots(len(rows))
         self.rows.extend([None] * (max(slots) + 1 - len(self.rows)))
         self._ensure(rows=max(slots) + 1, left=width, right=0)
         if self.end - width < self.start:
