@@ -224,7 +224,11 @@ class EvalConfig(_Section):
     max_new_tokens: int | None = Field(
         None, ge=1, description="Default: p99 of training completions + margin."
     )
-    latency_samples: int = Field(8, ge=0, description="Requests timed one by one at batch size 1.")
+    latency_samples: int = Field(
+        8,
+        ge=0,
+        description="Requests timed one by one at batch size 1 (the prefix all prompts share cached, as a server with prefix caching has it).",
+    )
     measure_merged: bool = Field(
         True,
         description="Also time the adapter merged into a copy of the base, as a single-adapter "

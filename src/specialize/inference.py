@@ -113,6 +113,7 @@ def generate(
     share_prefix: bool = True,
     constraint: OutputContract | None = None,
     shared_attention: bool = True,
+    cached_prefix: SharedPrefix | None = None,
 ) -> list[Generation]:
     """Greedy replies to many conversations, batched.
 
@@ -123,7 +124,10 @@ def generate(
     request. With `share_prefix`, the token prefix common to all prompts is run through the model
     once and its KV cache reused by every batch, as vLLM's prefix caching does; each row is laid
     out as [shared prefix][padding][own suffix] with the padding masked out, so positions and
-    outputs are those of the unpadded prompt.
+    outputs are those of the unpadded prompt. A `cached_prefix` from `shared_prefix` over a larger set
+    of conversations (these among them) is used instead of one computed from these alone: a
+    request one at a time then finds the instruction already cached, as it would on a server
+    with prefix caching.
 
     With a `constraint` (other than kind "none"), every token is chosen under the contract's mask
     (`specialize.constrain`), so a reply that ends is exactly one label or one JSON value valid under
@@ -143,10 +147,15 @@ def generate(
     tokenizer, model = loaded.tokenizer, loaded.model
     prompts = [render_prompt(tokenizer, c) for c in conversations]
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    prefix = common_prefix(encoded) if share_prefix and len(encoded) > 1 else []
-    if len(prefix) < MIN_SHARED_PREFIX:
-        prefix = []
-    prefix_cache = _prefill(model, prefix) if prefix else None
+    if cached_prefix is not None:
+        n = len(cached_prefix.tokens)
+        if not all(len(e) > n and e[:n] == cached_prefix.tokens for e in encoded):
+            raise ValueError("a prompt does not start with the cached prefix (and go on past it)")
+        shared_state = cached_prefix
+    else:
+        shared_state = _shared_prefix(model, encoded) if share_prefix else None
+    prefix = shared_state.tokens if shared_state is not None else []
+    prefix_cache = shared_state.cache if shared_state is not None else None
     shared = shared_attention and supports_shared_prefix(model)
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     results: list[Generation | None] = [None] * len(prompts)
@@ -219,6 +228,31 @@ def generate(
 
 
 MIN_SHARED_PREFIX = 32  # below this, a shared prefill saves less than it costs
+
+
+@dataclass
+class SharedPrefix:
+    """The token prefix common to a set of prompts and its KV cache, computed once; read, never
+    written, by every batch that uses it."""
+
+    tokens: list[int]
+    cache: Any
+
+
+def shared_prefix(loaded: LoadedModel, conversations: Sequence[list[dict[str, str]]]) -> SharedPrefix | None:
+    """What `generate` shares among these conversations' prompts (None below MIN_SHARED_PREFIX)."""
+    tokenizer = loaded.tokenizer
+    encoded = [
+        tokenizer(render_prompt(tokenizer, c), add_special_tokens=False)["input_ids"] for c in conversations
+    ]
+    return _shared_prefix(loaded.model, encoded)
+
+
+def _shared_prefix(model: Any, encoded: list[list[int]]) -> SharedPrefix | None:
+    tokens = common_prefix(encoded) if len(encoded) > 1 else []
+    if len(tokens) < MIN_SHARED_PREFIX:
+        return None
+    return SharedPrefix(tokens, _prefill(model, tokens))
 
 
 def common_prefix(sequences: list[list[int]]) -> list[int]:

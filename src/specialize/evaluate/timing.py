@@ -3,6 +3,13 @@
 The batched pass gives the replies that are scored and the throughput; the batch-1 samples give
 latency as a single user sees it. The same function times the unmerged adapter, the baselines and
 the merged deployment (`evaluate.deployment`), so their figures are comparable by construction.
+
+A prompt baseline repeats one long instruction in every request. The batched pass runs the
+prefix all prompts share through the model once (`inference.shared_prefix`); the batch-1 samples
+reuse that same prefix cache, so a request's latency is its own tokens' prefill and its decode,
+as a server with prefix caching (vLLM's, or `specialize serve`'s engine, which the served row
+measures) answers it. Timing every sample with the whole instruction prefilled again would
+charge the baselines for a cost no such deployment pays.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from specialize.constrain import OutputContract
-from specialize.inference import Generation, generate
+from specialize.inference import Generation, generate, shared_prefix
 from specialize.models.load import LoadedModel
 
 
@@ -38,6 +45,7 @@ def timed_generation(
     on_batch: Callable[[Any], None] | None = None,
 ) -> TimedGeneration:
     began = time.perf_counter()
+    prefix = shared_prefix(loaded, conversations)
     outputs = generate(
         loaded,
         conversations,
@@ -46,6 +54,7 @@ def timed_generation(
         stop=stop,
         on_batch=on_batch,
         constraint=contract,
+        cached_prefix=prefix,
     )
     timed = TimedGeneration(outputs=outputs, batched_seconds=time.perf_counter() - began)
     for conversation in conversations[:latency_samples]:
@@ -57,6 +66,7 @@ def timed_generation(
             batch_size=1,
             stop=stop,
             constraint=contract,
+            cached_prefix=prefix,
         )
         timed.latencies.append(time.perf_counter() - t0)
     return timed
