@@ -45,24 +45,17 @@ def main() -> None:
         return
     from specialize.data.prepare import read_splits
     from specialize.evaluate.contenders import build_contenders
-    from specialize.evaluate.runner import _max_new_tokens
+    from specialize.evaluate.runner import generation_setup
     from specialize.inference import generate, load_run, shared_prefix
-    from specialize.outputs import detect_task
     from specialize.run_dir import open_run
 
     run = open_run(args.run)
     trained = load_run(run.path)
     splits = read_splits(run)
-    completions = [e.completion or "" for e in splits.train]
-    record = trained.record
-    kind = (record.task if record else None) or detect_task(completions)
-    labels = (record.labels if record else None) or (
-        sorted(set(completions)) if kind == "classification" else None
-    )
-    max_new = trained.config.eval.max_new_tokens or _max_new_tokens(trained.loaded.tokenizer, splits.train)
-    stop = ["\n"] if kind == "classification" else []
+    setup = generation_setup(trained, splits.train)
+    max_new, stop = setup.max_new_tokens, setup.stop
     contenders = build_contenders(
-        trained, splits.train, splits.test, kind=kind, labels=labels, max_new_tokens=max_new
+        trained, splits.train, splits.test, kind=setup.kind, labels=setup.labels, max_new_tokens=max_new
     )
 
     totals = {"cached": 0.0, "prefilled": 0.0}

@@ -25,6 +25,7 @@ import numpy as np
 
 from specialize.constrain import NONE, OutputContract
 from specialize.data.contract import run_contract
+from specialize.data.example import Example
 from specialize.data.preference import reference_rows
 from specialize.data.prepare import read_splits
 from specialize.errors import RunError
@@ -44,7 +45,7 @@ from specialize.evaluate.quality import quality_record
 from specialize.evaluate.report import write_report
 from specialize.evaluate.subsets import measure_learning_curve
 from specialize.evaluate.timing import percentile, timed_generation
-from specialize.inference import load_run
+from specialize.inference import TrainedModel, load_run
 from specialize.models.chat import render_reply
 from specialize.outputs import LabelMatcher, detect_task
 from specialize.records.eval import (
@@ -94,14 +95,8 @@ def evaluate(
     if not test:
         raise RunError(f"{run.path}: the run has no test rows (splits/test.jsonl is empty)")
     references = [e.completion or "" for e in test]
-    completions = [e.completion or "" for e in splits.train]
-    recorded_task = record.task if record is not None else None
-    kind = cfg.eval.task if cfg.eval.task != "auto" else recorded_task or detect_task(completions)
-    labels = (record.labels if record is not None else None) or (
-        sorted(set(completions)) if kind == "classification" else None
-    )
-    max_new = cfg.eval.max_new_tokens or _max_new_tokens(trained.loaded.tokenizer, splits.train)
-    stop = ["\n"] if kind == "classification" else []
+    setup = generation_setup(trained, splits.train)
+    kind, labels, max_new, stop = setup.kind, setup.labels, setup.max_new_tokens, setup.stop
     contract = run_contract(run) if cfg.eval.constrained else NONE
 
     contenders = build_contenders(
@@ -224,6 +219,30 @@ def evaluate(
     report.human = run.human_eval()  # blind review so far: kept across a re-evaluation
     write_report(run.eval_dir, report)
     return report
+
+
+@dataclass(frozen=True)
+class GenerationSetup:
+    """What the evaluation generates for a run: its task kind, label set, reply budget and stops."""
+
+    kind: str
+    labels: list[str] | None
+    max_new_tokens: int
+    stop: list[str]
+
+
+def generation_setup(trained: TrainedModel, train: list[Example]) -> GenerationSetup:
+    """The task (`eval.task`, else the run's record, else detected from the training replies),
+    its labels, `eval.max_new_tokens` (default from the training replies) and stop strings."""
+    cfg, record = trained.config, trained.record
+    completions = [e.completion or "" for e in train]
+    recorded_task = record.task if record is not None else None
+    kind = cfg.eval.task if cfg.eval.task != "auto" else recorded_task or detect_task(completions)
+    labels = (record.labels if record is not None else None) or (
+        sorted(set(completions)) if kind == "classification" else None
+    )
+    max_new = cfg.eval.max_new_tokens or _max_new_tokens(trained.loaded.tokenizer, train)
+    return GenerationSetup(kind, labels, max_new, ["\n"] if kind == "classification" else [])
 
 
 def _measure(
