@@ -102,10 +102,48 @@ def jobs_for(
     return [shared]  # one queue every client takes from
 
 
-def measure(work: Path, names: list[str], workloads: list[tuple[str, int, str]], args) -> dict:
-    import torch
+def closed_loop(
+    engine, records: dict, prompts: dict, queues: list[list[tuple[str, str, int]]]
+) -> tuple[float, float, list[list[int]]]:
+    """Tokens/s, row copies per request and every reply's tokens (in submission order): one
+    client per row of `engine`'s batch, each taking its next request from its own queue (or all
+    from the one shared queue) when its last one finished; the engine's loop runs in this thread."""
+    from specialize.batching import SamplingParams
 
-    from specialize.batching import Engine, ResidentAdapters, SamplingParams
+    clients = engine.max_batch
+    routing = engine.adapters.routing
+    queues = [list(reversed(q)) for q in queues]
+    running: list = [None] * clients
+    handles = []
+    copies = 0
+    tokens = engine.generated_tokens
+    began = time.perf_counter()
+    while True:
+        for c in range(clients):
+            if running[c] is not None and not running[c].done:
+                continue
+            queue = queues[c if len(queues) > 1 else 0]
+            running[c] = None
+            if queue:
+                name, prompt, max_tokens = queue.pop()
+                params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+                running[c] = engine.submit(prompts[prompt], params, records[name])
+                handles.append(running[c])
+        if all(h is None for h in running):
+            break
+        epoch = routing.epoch
+        engine._iterate()
+        if routing.epoch != epoch:
+            copies += len(routing.changed_rows)
+    seconds = time.perf_counter() - began
+    replies = [h.wait().token_ids for h in handles]
+    return (engine.generated_tokens - tokens) / seconds, copies / len(handles), replies
+
+
+def build_engine(work: Path, names: list[str], clients: int):
+    """The engine over the bundled model (auto dtype) with every adapter of `names` resident, its
+    adapters' registry records by name, and the token ids of each of PROMPTS as a chat prompt."""
+    from specialize.batching import Engine, ResidentAdapters
     from specialize.inference import end_of_turn_ids
     from specialize.models.chat import prompt_ids
     from specialize.models.load import inference_dtype, load_model
@@ -121,11 +159,19 @@ def measure(work: Path, names: list[str], workloads: list[tuple[str, int, str]],
         loaded.model,
         loaded.tokenizer,
         adapters=resident,
-        max_batch=args.clients,
-        max_queue=4 * args.clients,
+        max_batch=clients,
+        max_queue=4 * clients,
         eos_token_ids=end_of_turn_ids(loaded),
     )
     prompts = {p: prompt_ids(loaded.tokenizer, [{"role": "user", "content": p}]) for p in PROMPTS}
+    return engine, records, prompts
+
+
+def measure(work: Path, names: list[str], workloads: list[tuple[str, int, str]], args) -> dict:
+    import torch
+
+    engine, records, prompts = build_engine(work, names, args.clients)
+    resident = engine.adapters
     placed_by_adapter = engine._slots_for
     route = resident.route
 
@@ -136,47 +182,22 @@ def measure(work: Path, names: list[str], workloads: list[tuple[str, int, str]],
             engine._slots_for = lambda rows: engine._batch.free_slots(len(rows))
             resident.route = lambda slots, **kw: route([0 if s is None else s for s in slots], **kw)
 
-    def closed_loop(queues: list[list[tuple[str, str, int]]]) -> tuple[float, float]:
-        """Tokens/s and row copies per request: `args.clients` clients, each taking its next
-        request from its own queue (or all from the one shared queue) when its last finished."""
-        routing = resident.routing
-        queues = [list(reversed(q)) for q in queues]
-        running: list = [None] * args.clients
-        copies = requests = 0
-        tokens = engine.generated_tokens
-        began = time.perf_counter()
-        while True:
-            for c in range(args.clients):
-                if running[c] is not None and not running[c].done:
-                    continue
-                queue = queues[c if len(queues) > 1 else 0]
-                running[c] = None
-                if queue:
-                    name, prompt, max_tokens = queue.pop()
-                    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
-                    running[c] = engine.submit(prompts[prompt], params, records[name])
-                    requests += 1
-            if all(h is None for h in running):
-                break
-            epoch = routing.epoch
-            engine._iterate()
-            if routing.epoch != epoch:
-                copies += len(routing.changed_rows)
-        seconds = time.perf_counter() - began
-        return (engine.generated_tokens - tokens) / seconds, copies / requests
-
     results: dict = {}
     with torch.inference_mode():
         for name, n, order in workloads:
             use("affinity")
-            closed_loop(jobs_for(names, n, order, args.clients, args.clients))  # warm-up
+            closed_loop(
+                engine, records, prompts, jobs_for(names, n, order, args.clients, args.clients)
+            )  # warm-up
             results[name] = {"affinity": [], "lowest-first": []}
             for round_ in range(args.rounds):
                 for placement in (
                     ("affinity", "lowest-first") if round_ % 2 == 0 else ("lowest-first", "affinity")
                 ):
                     use(placement)
-                    tps, copies = closed_loop(jobs_for(names, n, order, args.requests, args.clients))
+                    tps, copies, _ = closed_loop(
+                        engine, records, prompts, jobs_for(names, n, order, args.requests, args.clients)
+                    )
                     results[name][placement].append((tps, copies))
                     print(
                         f"{name:<16} {placement:>13} round {round_ + 1}: {tps:7.1f} tok/s, "

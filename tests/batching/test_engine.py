@@ -381,6 +381,53 @@ def test_dora_slots_equal_pefts_forward_on_a_layer_with_bias(tmp_path):
     assert 1 not in layer.dora_slots and bool((layer.dora_scale[1] == 1).all())
 
 
+def test_over_a_bf16_base_the_update_is_pefts_float32_arithmetic(tmp_path):
+    """Over a bf16 base PEFT keeps the adapter in float32 and adds its update to the base output
+    with one rounding; the slots do the same, uniform and mixed: (nearly) every output equals
+    PEFT's exactly and none is more than one bf16 step away. Rounding the update to bf16 first,
+    as bf16 slots did, misses most outputs."""
+    import copy
+    from collections import OrderedDict
+
+    from peft import LoraConfig, get_peft_model
+    from torch import nn
+
+    from specialize.batching.adapters import BatchedLoraLinear, LoraRouting, read_adapter
+
+    torch.manual_seed(0)
+    base = nn.Sequential(OrderedDict(lin=nn.Linear(64, 48, bias=True))).to(torch.bfloat16)
+    peft_model = get_peft_model(
+        copy.deepcopy(base), LoraConfig(r=4, lora_alpha=8, target_modules=["lin"], init_lora_weights=False)
+    )
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:
+                assert param.dtype == torch.float32  # PEFT's autocast_adapter_dtype
+                param.normal_(0.0, 0.3)
+    peft_model.save_pretrained(tmp_path)
+    weights = read_adapter(tmp_path, base, "k")
+    routing = LoraRouting()
+    layer = BatchedLoraLinear(base.lin, routing, slots=3, rank=4)
+    layer.set_slot(1, *weights.modules["lin"])
+    layer.set_slot(2, *weights.modules["lin"])
+    assert layer.lora_a.dtype == torch.float32
+    x = torch.randn(8, 3, 64).to(torch.bfloat16)
+    with torch.no_grad():
+        expected = peft_model.eval()(x)
+        a_t, b_t = weights.modules["lin"]
+        bf16_first = base.lin(x) + (x @ a_t.to(torch.bfloat16)) @ b_t.to(torch.bfloat16)
+        routing.set([1] * 8)
+        uniform = layer(x)
+        routing.set([1, 2] * 4)
+        mixed = layer(x)
+    step = expected.abs().float() * 2**-7  # one bf16 step (8 significant bits) at that magnitude
+    for out in (uniform, mixed):
+        assert out.dtype == torch.bfloat16
+        assert bool(((out.float() - expected.float()).abs() <= step).all())
+        assert (out == expected).float().mean() >= 0.95
+    assert (bf16_first == expected).float().mean() < 0.8
+
+
 def test_mixed_batches_read_each_rows_current_adapter_as_the_batch_changes():
     """The row buffers copy only the rows whose slot changed between mixed batches: every
     output must still be its own slot's LoRA, through growing and shrinking batches, uniform

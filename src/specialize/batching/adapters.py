@@ -15,6 +15,13 @@ rank are zero-padded, which adds exact zeros. The adapter files are the PEFT fil
 registry (safetensors only), so the same directories serve unchanged on vLLM. The scaling is
 the one PEFT uses: alpha/r, or alpha/sqrt(r) for rsLoRA (`use_rslora` in adapter_config.json).
 
+Over a bf16 (or fp16) base the slots are float32 and so is the update, which is added to the base
+output with one rounding: that is PEFT's own arithmetic (it keeps adapter weights in float32,
+`autocast_adapter_dtype`, casts x up, and adds in float32), so the adapter served is the adapter
+the evaluation measured (a PeftModel), not a bf16 rounding of its float32 weights. It costs twice
+the slot memory; in speed the float32 batched matmuls held their own against the bf16 ones on a
+CPU with native bf16 (`benchmarks/lora_precision.py`).
+
 DoRA adapters (`use_dora`) add a trained magnitude per output feature. PEFT's DoRA forward
 (peft/tuners/lora/dora.py) is, with W the frozen weight, m the magnitude, and s the scaling,
 
@@ -57,6 +64,12 @@ from specialize.errors import SpecializeError
 log = logging.getLogger(__name__)
 
 _PREFIX = "base_model.model."
+
+
+def lora_dtype(base_dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the LoRA slots over a base of `base_dtype`: float32 over half types (see the
+    module docstring), the base's own otherwise."""
+    return torch.float32 if base_dtype in (torch.bfloat16, torch.float16) else base_dtype
 
 
 @runtime_checkable
@@ -192,8 +205,9 @@ class BatchedLoraLinear(nn.Module):
         # Plain attributes, not buffers: they are serving state, not part of the model's state_dict.
         # A as PEFT stores it, [slots, r, in]: x A^T then reads each rank's weights as one
         # contiguous row, which the batched matmul streams faster than [slots, in, r].
-        self.lora_a = torch.zeros(slots, rank, base.in_features, dtype=weight.dtype, device=weight.device)
-        self.lora_b = torch.zeros(slots, rank, base.out_features, dtype=weight.dtype, device=weight.device)
+        dtype = lora_dtype(weight.dtype)
+        self.lora_a = torch.zeros(slots, rank, base.in_features, dtype=dtype, device=weight.device)
+        self.lora_b = torch.zeros(slots, rank, base.out_features, dtype=dtype, device=weight.device)
         # DoRA's per-slot output scale g [slots, out] (1 in plain slots); allocated on the first
         # DoRA adapter, so a server without one pays nothing for it.
         self.dora_scale: torch.Tensor | None = None
@@ -245,26 +259,29 @@ class BatchedLoraLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         routing = self.routing
+        if routing.uniform == 0:
+            return y
+        # The update in the slots' dtype, added to y in place with one rounding (PEFT's arithmetic).
+        x = x.to(self.lora_a.dtype)
         if routing.uniform is not None:
-            if routing.uniform == 0:
-                return y
             s = routing.uniform
             flat = y.view(-1, y.shape[-1])
+            lora = (x.reshape(-1, x.shape[-1]) @ self.lora_a[s].T) @ self.lora_b[s]
             if s in self.dora_slots:
-                lora = (x.reshape(-1, x.shape[-1]) @ self.lora_a[s].T) @ self.lora_b[s]
                 self._add_dora(flat, lora, self.dora_scale[s])  # type: ignore[index]
-                return y
-            flat.addmm_(x.reshape(-1, x.shape[-1]) @ self.lora_a[s].T, self.lora_b[s])
+            else:
+                flat.add_(lora)
             return y
         # Each row's A and B from the row buffers, brought up to date with only the rows whose
         # slot changed: two batched matmuls per layer however many adapters the batch mixes.
         a, b = self._row_weights(len(routing.slots))
         rows3 = y.view(y.shape[0], -1, y.shape[-1])
+        lora = torch.bmm(torch.bmm(x.reshape(x.shape[0], -1, x.shape[-1]), a.mT), b)
         g = self._row_dora_scale()
         if g is not None:
-            self._add_dora(rows3, torch.bmm(torch.bmm(x.reshape(x.shape[0], -1, x.shape[-1]), a.mT), b), g)
-            return y
-        rows3.baddbmm_(torch.bmm(x.reshape(x.shape[0], -1, x.shape[-1]), a.mT), b)
+            self._add_dora(rows3, lora, g)
+        else:
+            rows3.add_(lora)
         return y
 
     def _row_weights(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -344,7 +361,7 @@ def read_adapter(path: Path, model: nn.Module, key: str, *, max_rank: int = 64) 
     from peft.utils.other import get_pattern_key
 
     alpha_pattern = config.get("alpha_pattern") or {}
-    dtype = next(model.parameters()).dtype
+    dtype = lora_dtype(next(model.parameters()).dtype)
     modules: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     dora_scales: dict[str, torch.Tensor] = {}
     rank = 0
@@ -406,7 +423,7 @@ def _dora_scale(
     with torch.no_grad():
         weight = target.weight.to(torch.float32) + scale * (b.to(torch.float32) @ a.to(torch.float32))
         norm = torch.linalg.norm(weight, dim=1)
-        return (magnitude.to(torch.float32) / norm).to(target.weight.dtype).contiguous()
+        return (magnitude.to(torch.float32) / norm).to(lora_dtype(target.weight.dtype)).contiguous()
 
 
 def _check_supported(config: dict[str, Any], file: Path) -> None:
