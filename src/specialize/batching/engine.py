@@ -64,6 +64,7 @@ from specialize.batching.threads import release_thread_pool
 from specialize.constrain.contract import OutputContract
 from specialize.constrain.decoder import Constraint, compile_constraint, mask_logits
 from specialize.errors import SpecializeError
+from specialize.models.decode_attention import use_decode_attention
 from specialize.models.label_scores import normalise, trie_log_probs
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,9 @@ class Engine:
         if max_batch < 1 or max_queue < 1 or prefill_chunk < 1:
             raise ValueError("max_batch, max_queue and prefill_chunk must be at least 1")
         self.model = model.eval()
+        # Decode steps attend with two small matrix products instead of torch's CPU flash kernel,
+        # which is slow at one query per row (models/decode_attention.py); prefills are unchanged.
+        use_decode_attention(model)
         # A private copy: the HTTP threads encode with the shared tokenizer while this thread decodes.
         self.tokenizer = copy.deepcopy(tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
