@@ -68,11 +68,11 @@ def main() -> None:
         model = loaded.model
         resident.route(rows)
         out = model(input_ids=torch.tensor([ids] * len(rows)), use_cache=True, logits_to_keep=1)
-        cache, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+        cache, token = out.cache, out.logits[:, -1].argmax(-1, keepdim=True)
         tokens = []
         began = time.perf_counter()
         for _ in range(args.steps):
-            out = model(input_ids=token, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            out = model(input_ids=token, cache=cache, use_cache=True, logits_to_keep=1)
             token = out.logits[:, -1].argmax(-1, keepdim=True)
             tokens.append(int(token[0, 0]))
         return len(rows) * args.steps / (time.perf_counter() - began), tokens

@@ -111,12 +111,12 @@ def two_pass_log_probs(
             input_ids=ids.to(device),
             attention_mask=real.to(device),
             position_ids=positions.to(device),
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
             logits_to_keep=1,
         )
         root = torch.log_softmax(first.logits[:, -1].float(), dim=-1).double().cpu().numpy()
-        cache = first.past_key_values
+        cache = first.cache
         vocab = root.shape[1]
         selected = []
         for row in range(rows):
@@ -163,7 +163,7 @@ def two_pass_log_probs(
                     input_ids=inputs.to(device),
                     attention_mask=mask.to(device),
                     position_ids=where.to(device),
-                    past_key_values=sub,
+                    cache=sub,
                     use_cache=True,
                 ).logits
                 logp = torch.log_softmax(logits.float(), dim=-1)

@@ -45,7 +45,7 @@ def per_prompt_log_probs(model, prompt: list[int], replies: list[list[int]], pad
     out = np.empty(len(replies))
     with torch.inference_mode():
         cache = DynamicCache(config=model.config)
-        prefill = model(input_ids=torch.tensor([prompt]), past_key_values=cache, use_cache=True)
+        prefill = model(input_ids=torch.tensor([prompt]), cache=cache, use_cache=True)
         first = torch.log_softmax(prefill.logits[0, -1].float(), dim=-1)
         for start in range(0, len(replies), CHUNK):
             chunk = replies[start : start + CHUNK]
@@ -58,7 +58,7 @@ def per_prompt_log_probs(model, prompt: list[int], replies: list[list[int]], pad
                 shared = copy.deepcopy(cache)
                 shared.batch_repeat_interleave(len(chunk))
                 logp = torch.log_softmax(
-                    model(input_ids=ids, past_key_values=shared, use_cache=True).logits.float(), dim=-1
+                    model(input_ids=ids, cache=shared, use_cache=True).logits.float(), dim=-1
                 )
                 for row, reply in enumerate(chunk):
                     if len(reply) > 1:

@@ -347,10 +347,10 @@ def forward_ceiling(server, names: list[str], args) -> float:
         model = engine.model
         resident.route(rows)
         out = model(input_ids=torch.tensor([ids] * len(rows)), use_cache=True, logits_to_keep=1)
-        cache, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+        cache, token = out.cache, out.logits[:, -1].argmax(-1, keepdim=True)
         began = time.perf_counter()
         for _ in range(args.max_tokens):
-            out = model(input_ids=token, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            out = model(input_ids=token, cache=cache, use_cache=True, logits_to_keep=1)
             token = out.logits[:, -1].argmax(-1, keepdim=True)
         return len(rows) * args.max_tokens / (time.perf_counter() - began)
 

@@ -182,11 +182,11 @@ def generate(
         if prefix_cache is not None and shared:
             cache = SharedPrefixCache(prefix_cache)  # the prefix once for all rows, not copied per row
             attention = shared_prefix_attention(model, cache)
-            extra["past_key_values"] = cache
+            extra["cache"] = cache
         elif prefix_cache is not None:
             cache = copy.deepcopy(prefix_cache)
             cache.batch_repeat_interleave(len(batch))
-            extra["past_key_values"] = cache
+            extra["cache"] = cache
         processor = None
         if compiled is None:
             criteria = _stop_criteria(tokenizer, stop, ids.shape[1])
@@ -271,7 +271,7 @@ def _prefill(model: Any, prefix: list[int]) -> Any:
 
     cache = DynamicCache(config=model.config)
     with torch.inference_mode():
-        model(input_ids=torch.tensor([prefix], device=model.device), past_key_values=cache, use_cache=True)
+        model(input_ids=torch.tensor([prefix], device=model.device), cache=cache, use_cache=True)
     return cache
 
 

@@ -292,7 +292,7 @@ class Engine:
                 input_ids=torch.tensor([ids], device=device),
                 attention_mask=torch.ones((1, job.done + len(ids)), dtype=torch.long, device=device),
                 position_ids=torch.arange(job.done, job.done + len(ids), device=device).unsqueeze(0),
-                past_key_values=job.cache,
+                cache=job.cache,
                 use_cache=True,
                 logits_to_keep=1,
             )
@@ -301,7 +301,7 @@ class Engine:
             self._chunked.popleft()
             self._fail_rows([row], exc)
             return
-        job.cache = out.past_key_values
+        job.cache = out.cache
         job.done += len(ids)
         if job.done < len(prompt):
             return
@@ -333,12 +333,12 @@ class Engine:
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
             position_ids=positions.to(device),
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
             logits_to_keep=1,
         )
         self.prefills += 1
-        self._start(out.logits[:, -1, :], rows, out.past_key_values, mask)
+        self._start(out.logits[:, -1, :], rows, out.cache, mask)
 
     def _prefill_prefix(self, slots: list[int], prefix: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """`prefix`'s K/V under each adapter slot, one row per slot, in one forward pass."""
@@ -347,7 +347,7 @@ class Engine:
         out = self.model(
             input_ids=torch.tensor([prefix] * len(slots), device=device), use_cache=True, logits_to_keep=1
         )
-        return [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        return [(layer.keys, layer.values) for layer in out.cache.layers]
 
     def _start(self, logits: torch.Tensor, rows: list[RunningRow], cache: Any, mask: torch.Tensor) -> None:
         """Prefilled rows: sample their first tokens, finish the ones already done, and put the
@@ -403,7 +403,7 @@ class Engine:
             input_ids=ids,
             attention_mask=mask.to(device),
             position_ids=positions,
-            past_key_values=batch.model_cache(),
+            cache=batch.model_cache(),
             use_cache=True,
             logits_to_keep=1,
         )
@@ -513,7 +513,7 @@ class Engine:
         self.adapters.route([0])
         ids = torch.tensor([[self.pad_id]], device=self.model.device)
         out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
-        layers = getattr(out.past_key_values, "layers", None)
+        layers = getattr(out.cache, "layers", None)
         if not layers or any(type(layer) is not DynamicLayer for layer in layers):
             raise SpecializeError(
                 f"{type(self.model).__name__} uses a KV cache without plain full-attention layers "

@@ -170,11 +170,11 @@ def trie_log_probs(
             input_ids=ids.to(device),
             attention_mask=real.long().to(device),
             position_ids=positions.to(device),
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
             logits_to_keep=1,
         )
-        cache = first.past_key_values
+        cache = first.cache
         root = torch.log_softmax(first.logits[:, -1].float(), dim=-1).double().cpu().numpy()
         vocab = root.shape[1]
         # log P(prefix up to and including the node) of every scored node, per row
@@ -222,7 +222,7 @@ def trie_log_probs(
                 input_ids=inputs.to(device),
                 attention_mask=mask.to(device),
                 position_ids=where.to(device),
-                past_key_values=cache,
+                cache=cache,
                 use_cache=True,
             ).logits
             # log-softmax at the children's tokens only: the normaliser needs the whole vocabulary,
