@@ -88,8 +88,9 @@ class Engine:
         if max_batch < 1 or max_queue < 1 or prefill_chunk < 1:
             raise ValueError("max_batch, max_queue and prefill_chunk must be at least 1")
         self.model = model.eval()
-        # Decode steps attend with two small matrix products instead of torch's CPU flash kernel,
-        # which is slow at one query per row (models/decode_attention.py); prefills are unchanged.
+        # Decode steps of unpadded batches (equally long rows, a single row) take transformers'
+        # folded-heads sdpa route, not its slow enable_gqa one (models/decode_attention.py);
+        # padded steps and prefills compute exactly what they did.
         use_decode_attention(model)
         # A private copy: the HTTP threads encode with the shared tokenizer while this thread decodes.
         self.tokenizer = copy.deepcopy(tokenizer)

@@ -38,10 +38,10 @@ _UNSUPPORTED = ("softcap", "s_aux", "sinks", "position_bias")
 def use_decode_attention(model: Any) -> bool:
     """Switch `model` (a transformers model) to this attention if it runs sdpa now; returns whether
     it did. Other implementations (eager, flash kernels, a model's own) are left as chosen."""
-    configs = {id(c): c for c in (model.config, model.config.get_text_config(decoder=True))}
     if getattr(model.config, "_attn_implementation", None) != "sdpa":
         return False
-    for config in configs.values():
+    # A multimodal model's text decoder reads its own sub-config; a plain LM's is the config itself.
+    for config in (model.config, model.config.get_text_config(decoder=True)):
         if getattr(config, "_attn_implementation", None) == "sdpa":
             config._attn_implementation = ATTENTION
     return True
