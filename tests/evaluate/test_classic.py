@@ -172,6 +172,14 @@ def test_a_cheap_classic_baseline_that_matches_is_said_plainly():
     assert text in full
 
 
+def test_the_ratios_after_the_verdict_say_whose_they_are():
+    # The verdict's subject is the baseline; a bare "500x higher latency" after it read as the
+    # baseline's latency. TF-IDF reads no prompt tokens, so only the latency ratio is left.
+    full = headline(report(0.91, 0.90, 0.6))
+    assert f"; fine-tuned vs {NAME}: 500.0x higher latency;" in full + ";"
+    assert "input tokens" not in full
+
+
 def test_a_classic_baseline_that_beats_the_fine_tuned_model():
     assert verdict(report(0.70, 0.90, 0.001)).startswith(
         f"{NAME} beats the fine-tuned model at 1/1000 the cost"

@@ -24,13 +24,17 @@ def headline(report: EvalReport) -> str:
     # The verdict carries the paired test's p-value and the cost comparison.
     parts.append(verdict(report))
     if best is not None:
-        parts.append(
-            _ratio(best.tokens.prompt_mean, tuned.tokens.prompt_mean, "fewer", "more", "input tokens")
-        )
+        # The ratios name both sides: after a verdict whose subject is the baseline, a bare
+        # "225x higher latency" reads as the baseline's.
         # Latency as the fine-tuned model would be deployed alone: merged into the base, when measured.
         deployed = tuned.merged.latency if tuned.merged is not None else tuned.latency
         label = "latency (adapter merged)" if tuned.merged is not None else "latency"
-        parts.append(_ratio(best.latency.batch1_p50_s, deployed.batch1_p50_s, "lower", "higher", label))
+        ratios = [
+            _ratio(best.tokens.prompt_mean, tuned.tokens.prompt_mean, "fewer", "more", "input tokens"),
+            _ratio(best.latency.batch1_p50_s, deployed.batch1_p50_s, "lower", "higher", label),
+        ]
+        if any(ratios):
+            parts.append(f"fine-tuned vs {best.name}: " + ", ".join(r for r in ratios if r))
         if best.break_even_requests is not None:
             parts.append(f"training repaid after {fmt.count(best.break_even_requests)} requests")
     con = tuned.constrained
