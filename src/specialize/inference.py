@@ -39,6 +39,7 @@ class Generation:
 class GenerationBatchStats:
     seconds: float
     items: int
+    decoding: int = 0  # which of `generate_each`'s decodings the batch was decoded for
 
 
 @dataclass
@@ -102,6 +103,23 @@ def request_messages(config: RunConfig, text: str) -> list[dict[str, str]]:
     return [*messages, {"role": "user", "content": content}]
 
 
+@dataclass(frozen=True)
+class Decoding:
+    """One way to decode a set of prompts: free text cut at `stop` strings, or under a contract."""
+
+    stop: tuple[str, ...] = ()
+    constraint: OutputContract | None = None
+
+
+@dataclass
+class GenerationPass:
+    """One decoding's replies, and the seconds its batches took: its own decoding plus the prefill
+    it shared with the other decodings of the same call (charged to each of them in full)."""
+
+    generations: list[Generation]
+    seconds: float
+
+
 def generate(
     loaded: LoadedModel,
     conversations: Sequence[list[dict[str, str]]],
@@ -136,14 +154,53 @@ def generate(
     max_new_tokens runs out first the text is the truncated prefix and `Generation.complete` is
     False; budgets should leave room for the longest reply.
     """
+    (only,) = generate_each(
+        loaded,
+        conversations,
+        [Decoding(tuple(stop), constraint)],
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        on_batch=on_batch,
+        share_prefix=share_prefix,
+        shared_attention=shared_attention,
+        cached_prefix=cached_prefix,
+    )
+    return only.generations
+
+
+def generate_each(
+    loaded: LoadedModel,
+    conversations: Sequence[list[dict[str, str]]],
+    decodings: Sequence[Decoding],
+    *,
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    on_batch: Callable[[GenerationBatchStats], None] | None = None,
+    share_prefix: bool = True,
+    shared_attention: bool = True,
+    cached_prefix: SharedPrefix | None = None,
+) -> list[GenerationPass]:
+    """`generate` for several decodings of the same conversations, prefilling each batch once.
+
+    Batch by batch, the first decoding prefills and decodes as `generate` does, and every other
+    decoding replays that prefill (`models.replayed_prefill`) and decodes from it: its tokens are
+    those it would give alone, without computing the prompts again. Each pass is charged its own
+    decoding plus the whole prefill (the shared prefix's and the batch's), so its `seconds` is
+    what it costs on its own. `on_batch` gets one call per batch and decoding
+    (`GenerationBatchStats.decoding` is its index).
+    """
     import torch
 
+    from specialize.models.replayed_prefill import PrefillReplay
     from specialize.models.shared_prefix import (
         SharedPrefixCache,
         shared_prefix_attention,
         supports_shared_prefix,
     )
 
+    if not decodings:
+        raise ValueError("no decoding asked for")
+    began_all = time.perf_counter()
     tokenizer, model = loaded.tokenizer, loaded.model
     prompts = [render_prompt(tokenizer, c) for c in conversations]
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
@@ -158,15 +215,18 @@ def generate(
     prefix_cache = shared_state.cache if shared_state is not None else None
     shared = shared_attention and supports_shared_prefix(model)
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
-    results: list[Generation | None] = [None] * len(prompts)
+    results: list[list[Generation | None]] = [[None] * len(prompts) for _ in decodings]
     eos_ids = end_of_turn_ids(loaded)
     pad = tokenizer.pad_token_id
-    compiled = None
-    if constraint is not None and constraint.kind != "none":
-        from specialize.constrain import compile_constraint
-
-        compiled = compile_constraint(constraint, tokenizer, eos_ids)
+    # Tokenizing, the shared prefix: common to every decoding, so each is charged all of it.
+    seconds = [time.perf_counter() - began_all] * len(decodings)
+    compiled = []
+    for which, decoding in enumerate(decodings):
+        began = time.perf_counter()
+        compiled.append(_compiled(decoding.constraint, tokenizer, eos_ids))
+        seconds[which] += time.perf_counter() - began
     for start in range(0, len(order), batch_size):
+        batch_began = time.perf_counter()
         batch = order[start : start + batch_size]
         suffixes = [encoded[i][len(prefix) :] for i in batch]
         width = max(len(s) for s in suffixes)
@@ -177,54 +237,80 @@ def generate(
         for row, suffix in enumerate(suffixes):
             ids[row, ids.shape[1] - len(suffix) :] = torch.tensor(suffix, dtype=torch.long)
             mask[row, ids.shape[1] - len(suffix) :] = 1
-        extra = {}
-        attention = contextlib.nullcontext()
-        if prefix_cache is not None and shared:
-            cache = SharedPrefixCache(prefix_cache)  # the prefix once for all rows, not copied per row
-            attention = shared_prefix_attention(model, cache)
-            extra["cache"] = cache
-        elif prefix_cache is not None:
-            cache = copy.deepcopy(prefix_cache)
-            cache.batch_repeat_interleave(len(batch))
-            extra["cache"] = cache
-        processor = None
-        if compiled is None:
-            criteria = _stop_criteria(tokenizer, stop, ids.shape[1])
-        else:  # the constraint decides where a reply ends; stop strings could only cut it short
-            from transformers import LogitsProcessorList
+        replay = PrefillReplay(model)
+        built = time.perf_counter() - batch_began
+        for which, (decoding, grammar) in enumerate(zip(decodings, compiled, strict=True)):
+            extra: dict[str, Any] = {}
+            attention = contextlib.nullcontext()
+            if prefix_cache is not None and shared:
+                cache = SharedPrefixCache(prefix_cache)  # the prefix once for all rows, not copied per row
+                attention = shared_prefix_attention(model, cache)
+                extra["cache"] = cache
+            elif prefix_cache is not None:
+                cache = copy.deepcopy(prefix_cache)
+                cache.batch_repeat_interleave(len(batch))
+                extra["cache"] = cache
+            processor = None
+            if grammar is None:
+                criteria = _stop_criteria(tokenizer, decoding.stop, ids.shape[1])
+            else:  # the constraint decides where a reply ends; stop strings could only cut it short
+                from transformers import LogitsProcessorList
 
-            from specialize.constrain.logits import ConstraintLogitsProcessor
+                from specialize.constrain.logits import ConstraintLogitsProcessor
 
-            criteria = None
-            processor = ConstraintLogitsProcessor.for_batch(compiled, len(batch))
-            extra["logits_processor"] = LogitsProcessorList([processor])
-        began = time.perf_counter()
-        with torch.inference_mode(), attention:
-            out = model.generate(
-                input_ids=ids.to(model.device),
-                attention_mask=mask.to(model.device),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                eos_token_id=eos_ids,
-                pad_token_id=pad,
-                stopping_criteria=criteria,
-                **extra,
-            )
-        states = processor.sync(out) if processor is not None else None
-        for row, i in enumerate(batch):
-            new = out[row, ids.shape[1] :].tolist()
-            n_new = _until_eos(new, eos_ids)
-            if states is None:
-                text = tokenizer.decode(new[:n_new], skip_special_tokens=True)
-                results[i] = Generation(_cut_at_stop(text, stop), len(encoded[i]), n_new)
-            else:
-                text = tokenizer.decode(
-                    new[:n_new], skip_special_tokens=True, clean_up_tokenization_spaces=False
+                criteria = None
+                processor = ConstraintLogitsProcessor.for_batch(grammar, len(batch))
+                extra["logits_processor"] = LogitsProcessorList([processor])
+            began = time.perf_counter()
+            # One decoding has nothing to replay: `generate` then leaves the model as it is.
+            recording = replay.active() if len(decodings) > 1 else contextlib.nullcontext()
+            with torch.inference_mode(), attention, recording:
+                out = model.generate(
+                    input_ids=ids.to(model.device),
+                    attention_mask=mask.to(model.device),
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    eos_token_id=eos_ids,
+                    pad_token_id=pad,
+                    stopping_criteria=criteria,
+                    **extra,
                 )
-                results[i] = Generation(text, len(encoded[i]), n_new, complete=states[row].accepting)
-        if on_batch is not None:
-            on_batch(GenerationBatchStats(time.perf_counter() - began, len(batch)))
-    return [r for r in results if r is not None]
+            states = processor.sync(out) if processor is not None else None
+            for row, i in enumerate(batch):
+                new = out[row, ids.shape[1] :].tolist()
+                n_new = _until_eos(new, eos_ids)
+                if states is None:
+                    text = tokenizer.decode(new[:n_new], skip_special_tokens=True)
+                    results[which][i] = Generation(_cut_at_stop(text, decoding.stop), len(encoded[i]), n_new)
+                else:
+                    text = tokenizer.decode(
+                        new[:n_new], skip_special_tokens=True, clean_up_tokenization_spaces=False
+                    )
+                    results[which][i] = Generation(
+                        text, len(encoded[i]), n_new, complete=states[row].accepting
+                    )
+            # A replayed pass did not run the prefill it decoded from; it is charged the recorded one.
+            took = (
+                built
+                + time.perf_counter()
+                - began
+                + (replay.seconds if which > 0 and replay.replays else 0.0)
+            )
+            seconds[which] += took
+            if on_batch is not None:
+                on_batch(GenerationBatchStats(took, len(batch), decoding=which))
+    return [
+        GenerationPass([r for r in per_decoding if r is not None], spent)
+        for per_decoding, spent in zip(results, seconds, strict=True)
+    ]
+
+
+def _compiled(constraint: OutputContract | None, tokenizer: Any, eos_ids: list[int]) -> Any:
+    if constraint is None or constraint.kind == "none":
+        return None
+    from specialize.constrain import compile_constraint
+
+    return compile_constraint(constraint, tokenizer, eos_ids)
 
 
 MIN_SHARED_PREFIX = 32  # below this, a shared prefill saves less than it costs

@@ -44,8 +44,8 @@ from specialize.evaluate.preference import is_preference_run, parent_contender, 
 from specialize.evaluate.quality import quality_record
 from specialize.evaluate.report import write_report
 from specialize.evaluate.subsets import measure_learning_curve
-from specialize.evaluate.timing import percentile, timed_generation
-from specialize.inference import TrainedModel, load_run
+from specialize.evaluate.timing import TimedGeneration, percentile, timed_generations
+from specialize.inference import Decoding, TrainedModel, load_run
 from specialize.models.chat import render_reply
 from specialize.outputs import LabelMatcher, detect_task
 from specialize.records.eval import (
@@ -107,11 +107,21 @@ def evaluate(
     results: list[ContenderResult] = []
     metrics: dict[str, MetricResult] = {}
     for contender in contenders:
-        free, free_metrics = _measure(contender, references, kind, labels, max_new, stop, cfg.eval, progress)
-        if contract.kind != "none":
-            constrained, constrained_metrics = _measure(
-                contender, references, kind, labels, max_new, stop, cfg.eval, progress, contract=contract
-            )
+        # Free and under the contract in one sweep: each batch is prefilled once for both.
+        measured = _measure(
+            contender,
+            references,
+            kind,
+            labels,
+            max_new,
+            stop,
+            cfg.eval,
+            progress,
+            contracts=[None] if contract.kind == "none" else [None, contract],
+        )
+        free, free_metrics = measured[0]
+        if len(measured) > 1:
+            constrained, constrained_metrics = measured[1]
             free.constrained = constraint_effect(
                 free, free_metrics, constrained, constrained_metrics, contract, contender.loaded
             )
@@ -254,29 +264,40 @@ def _measure(
     stop: list[str],
     eval_cfg: Any,
     progress: Callable[[EvalProgress], None] | None,
-    contract: OutputContract | None = None,
-) -> tuple[ContenderResult, MetricResult]:
+    contracts: list[OutputContract | None],
+) -> list[tuple[ContenderResult, MetricResult]]:
+    """The contender decoded once per entry of `contracts` (None: freely), each measured as if alone."""
     total = len(contender.conversations)
-    done = 0
-    label = f"{contender.name}, constrained" if contract is not None else contender.name
+    names = [contender.name if c is None else f"{contender.name}, constrained" for c in contracts]
+    done = [0] * len(contracts)
 
     def on_batch(stats) -> None:
-        nonlocal done
-        done += stats.items
+        done[stats.decoding] += stats.items
         if progress:
-            progress(EvalProgress(label, done, total))
+            progress(EvalProgress(names[stats.decoding], done[stats.decoding], total))
 
     with contender.context():
-        timed = timed_generation(
+        timings = timed_generations(
             contender.loaded,
             contender.conversations,
+            [Decoding(tuple(stop), c) for c in contracts],
             max_new_tokens=max_new,
             batch_size=eval_cfg.batch_size,
-            stop=stop,
             latency_samples=eval_cfg.latency_samples,
-            contract=contract,
             on_batch=on_batch,
         )
+    return [_result(contender, timed, references, kind, labels, eval_cfg) for timed in timings]
+
+
+def _result(
+    contender: Contender,
+    timed: TimedGeneration,
+    references: list[str],
+    kind: str,
+    labels: list[str] | None,
+    eval_cfg: Any,
+) -> tuple[ContenderResult, MetricResult]:
+    total = len(contender.conversations)
     outputs, batched_seconds, latencies = timed.outputs, timed.batched_seconds, timed.latencies
     # Constrained replies are returned unstripped (exactly the label); metrics compare stripped text.
     predictions = [o.text.strip() for o in outputs]

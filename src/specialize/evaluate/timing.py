@@ -10,6 +10,11 @@ reuse that same prefix cache, so a request's latency is its own tokens' prefill 
 as a server with prefix caching (vLLM's, or `specialize serve`'s engine, which the served row
 measures) answers it. Timing every sample with the whole instruction prefilled again would
 charge the baselines for a cost no such deployment pays.
+
+The evaluation decodes each contender's prompts freely and under the output contract. Both
+batched passes would prefill the very same batches, so `timed_generations` prefills each batch
+once and replays it for the second decoding (`models.replayed_prefill`: the same tokens as a pass
+of its own), and charges the prefill to both: each pass's throughput is still what it costs alone.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from specialize.constrain import OutputContract
-from specialize.inference import Generation, generate, shared_prefix
+from specialize.inference import Decoding, Generation, generate, generate_each, shared_prefix
 from specialize.models.load import LoadedModel
 
 
@@ -44,31 +49,63 @@ def timed_generation(
     contract: OutputContract | None = None,
     on_batch: Callable[[Any], None] | None = None,
 ) -> TimedGeneration:
-    began = time.perf_counter()
-    prefix = shared_prefix(loaded, conversations)
-    outputs = generate(
+    """One decoding (free, or under `contract`) timed: `timed_generations` with one entry."""
+    (only,) = timed_generations(
         loaded,
         conversations,
+        [Decoding(tuple(stop), contract)],
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
-        stop=stop,
+        latency_samples=latency_samples,
         on_batch=on_batch,
-        constraint=contract,
+    )
+    return only
+
+
+def timed_generations(
+    loaded: LoadedModel,
+    conversations: list[list[dict[str, str]]],
+    decodings: list[Decoding],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    latency_samples: int,
+    on_batch: Callable[[Any], None] | None = None,
+) -> list[TimedGeneration]:
+    """Each decoding of the same prompts timed as if it ran alone.
+
+    The batched passes prefill every batch once for all decodings (`inference.generate_each`), and
+    each is charged the whole prefill, the shared prefix's included, plus its own decoding. The
+    batch-1 samples are real requests, one decoding at a time: a latency is never pieced together.
+    """
+    began = time.perf_counter()
+    prefix = shared_prefix(loaded, conversations)
+    prefix_seconds = time.perf_counter() - began
+    passes = generate_each(
+        loaded,
+        conversations,
+        decodings,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        on_batch=on_batch,
         cached_prefix=prefix,
     )
-    timed = TimedGeneration(outputs=outputs, batched_seconds=time.perf_counter() - began)
-    for conversation in conversations[:latency_samples]:
-        t0 = time.perf_counter()
-        generate(
-            loaded,
-            [conversation],
-            max_new_tokens=max_new_tokens,
-            batch_size=1,
-            stop=stop,
-            constraint=contract,
-            cached_prefix=prefix,
-        )
-        timed.latencies.append(time.perf_counter() - t0)
+    timed = [
+        TimedGeneration(outputs=p.generations, batched_seconds=prefix_seconds + p.seconds) for p in passes
+    ]
+    for decoding, result in zip(decodings, timed, strict=True):
+        for conversation in conversations[:latency_samples]:
+            t0 = time.perf_counter()
+            generate(
+                loaded,
+                [conversation],
+                max_new_tokens=max_new_tokens,
+                batch_size=1,
+                stop=decoding.stop,
+                constraint=decoding.constraint,
+                cached_prefix=prefix,
+            )
+            result.latencies.append(time.perf_counter() - t0)
     return timed
 
 
