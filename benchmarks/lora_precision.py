@@ -117,15 +117,17 @@ def engine_rounds(work: Path, names: list[str], args) -> dict:
     """Per workload: tokens/s of each side per round, and the number of identical replies."""
     import torch
 
+    import specialize.batching.adapter_files as adapter_files
     import specialize.batching.adapters as adapters
 
     engines = {SIDES[0]: build_engine(work, names, args.clients)}
     as_float32 = adapters.lora_dtype
-    adapters.lora_dtype = lambda base_dtype: base_dtype  # the version before: slots in the base's dtype
+    # The version before: slots (and the weights read into them) in the base's dtype.
+    adapters.lora_dtype = adapter_files.lora_dtype = lambda base_dtype: base_dtype
     try:
         engines[SIDES[1]] = build_engine(work, names, args.clients)
     finally:
-        adapters.lora_dtype = as_float32
+        adapters.lora_dtype = adapter_files.lora_dtype = as_float32
     for side, (engine, _, _) in engines.items():
         slot_dtype = next(iter(engine.adapters.layers.values())).lora_a.dtype
         print(f"{side}: base {engine.model.dtype}, slots {slot_dtype}", flush=True)

@@ -349,7 +349,8 @@ def test_dora_slots_equal_pefts_forward_on_a_layer_with_bias(tmp_path):
     from peft import LoraConfig, get_peft_model
     from torch import nn
 
-    from specialize.batching.adapters import BatchedLoraLinear, LoraRouting, read_adapter
+    from specialize.batching.adapter_files import read_adapter
+    from specialize.batching.adapters import BatchedLoraLinear, LoraRouting
 
     torch.manual_seed(0)
     base = nn.Sequential(OrderedDict(lin=nn.Linear(16, 8, bias=True)))
@@ -392,7 +393,8 @@ def test_over_a_bf16_base_the_update_is_pefts_float32_arithmetic(tmp_path):
     from peft import LoraConfig, get_peft_model
     from torch import nn
 
-    from specialize.batching.adapters import BatchedLoraLinear, LoraRouting, read_adapter
+    from specialize.batching.adapter_files import read_adapter
+    from specialize.batching.adapters import BatchedLoraLinear, LoraRouting
 
     torch.manual_seed(0)
     base = nn.Sequential(OrderedDict(lin=nn.Linear(64, 48, bias=True))).to(torch.bfloat16)

@@ -7,7 +7,8 @@ adapter as such a server would serve it. It knows adapters only as `AdapterSourc
 PEFT directory), not as registry records.
 """
 
-from specialize.batching.adapters import AdapterDir, AdapterLoadError, AdapterSource, ResidentAdapters
+from specialize.batching.adapter_files import AdapterDir, AdapterLoadError, AdapterSource
+from specialize.batching.adapters import ResidentAdapters
 from specialize.batching.engine import Engine
 from specialize.batching.requests import Completion, EngineStopped, QueueFull, SamplingParams
 

@@ -47,7 +47,8 @@ from typing import Any
 
 import torch
 
-from specialize.batching.adapters import AdapterSource, ResidentAdapters
+from specialize.batching.adapter_files import AdapterSource
+from specialize.batching.adapters import ResidentAdapters
 from specialize.batching.kv_batch import SlotBatch
 from specialize.batching.prefix_cache import PrefixCache
 from specialize.batching.requests import (

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from specialize.batching.adapters import AdapterSource
+from specialize.batching.adapter_files import AdapterSource
 from specialize.constrain.decoder import Constraint, ConstraintState
 from specialize.errors import SpecializeError
 from specialize.models.label_scores import LabelTrie
