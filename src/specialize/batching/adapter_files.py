@@ -31,8 +31,8 @@ _PREFIX = "base_model.model."
 
 
 def lora_dtype(base_dtype: torch.dtype) -> torch.dtype:
-    """The dtype of the LoRA slots over a base of `base_dtype`: float32 over half types (see the
-    module docstring), the base's own otherwise."""
+    """The dtype of the LoRA slots over a base of `base_dtype`: float32 over half types (PEFT's own
+    arithmetic; the module docstring of `adapters` says why), the base's own otherwise."""
     return torch.float32 if base_dtype in (torch.bfloat16, torch.float16) else base_dtype
 
 
