@@ -93,6 +93,33 @@ def test_a_long_prompt_is_prefilled_in_chunks_while_the_batch_decodes(model_and_
     assert short.wait(0).token_ids == hf_greedy(model, [5, 6, 7], 20)
 
 
+def test_a_long_prompt_whose_start_is_cached_joins_without_chunks(model_and_tokenizer):
+    """Long is what is left to compute: a prompt past `prefill_chunk` whose start the prefix cache
+    holds (a long shared instruction) is prefilled with the batch; one whose own tail is long
+    still goes chunk by chunk. Either way its tokens are those it gets alone."""
+    model, tokenizer = model_and_tokenizer
+    engine = Engine(model, tokenizer, max_batch=4, prefill_chunk=10)
+    engine._check_cache_layout()
+    instruction = list(range(3, 43))  # 40 tokens every prompt starts with
+    prompts = [instruction + [50, 51, 52], instruction + [55, 56], instruction + [60, 61]]
+    prompts.append(instruction + list(range(100, 115)))  # 15 tokens of its own
+    params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+    handles = [engine.submit(p, params) for p in prompts[:2]]
+    engine._admit()  # nothing decoding yet: one prefill, which teaches the cache the instruction
+    engine._decode()
+    handles.append(engine.submit(prompts[2], params))
+    engine._admit()
+    assert not engine._chunked and engine._batch.count == 3  # its own 2 tokens, with the batch
+    assert engine.prefixes.hits >= 1
+    handles.append(engine.submit(prompts[3], params))
+    engine._admit()
+    assert len(engine._chunked) == 1  # 15 uncached tokens > prefill_chunk
+    while engine.running:
+        engine._iterate()
+    for prompt, handle in zip(prompts, handles, strict=True):
+        assert handle.wait(0).token_ids == hf_greedy(model, prompt, 6)
+
+
 def test_a_finished_slot_is_reused_and_the_window_drops_dead_columns(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     engine = Engine(model, tokenizer, max_batch=4)

@@ -266,7 +266,9 @@ class Engine:
             handle.admitted = time.perf_counter()
             rows.append(RunningRow(handle, slot))
         if self._batch.count or self._chunked:  # rows are decoding: long prompts wait their turn
-            for row in [r for r in rows if len(r.handle.prompt_ids) > self.prefill_chunk]:
+            # Long counts what is left to compute: a prompt whose start the prefix cache already
+            # holds (a long shared instruction) prefills only its own tail, with the batch.
+            for row in [r for r in rows if self._uncached(r.handle.prompt_ids) > self.prefill_chunk]:
                 rows.remove(row)
                 self._chunked.append(_ChunkedPrefill(row))
         if rows:
@@ -275,6 +277,10 @@ class Engine:
             except Exception as exc:
                 log.exception("prefill failed")
                 self._fail_rows(rows, exc)
+
+    def _uncached(self, prompt: Sequence[int]) -> int:
+        """The tokens of `prompt` a prefill would compute: those past the cached shared prefix."""
+        return len(prompt) - (self.prefixes.known(prompt) if self.prefixes is not None else 0)
 
     @torch.inference_mode()
     def _prefill_chunk(self) -> None:

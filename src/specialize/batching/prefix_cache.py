@@ -52,6 +52,13 @@ class PrefixCache:
         self._seen = prefix or list(prompts[-1][:-1])
         return prefix
 
+    def known(self, prompt: Sequence[int]) -> int:
+        """How many of `prompt`'s first tokens the prefix learned so far covers (0 below
+        `min_tokens`), leaving it one token of its own: what `shared` would at least give a batch
+        holding this prompt. Read-only: deciding how to prefill a prompt must not teach the cache."""
+        n = len(_common([prompt, self._seen], len(prompt) - 1)) if self._seen else 0
+        return n if n >= self.min_tokens else 0
+
     def batch_cache(
         self,
         adapters: Sequence[tuple[str | None, int]],
