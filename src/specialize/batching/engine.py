@@ -10,9 +10,11 @@ One background thread owns the model. Every iteration of its loop:
    into a slot whose LoRA row buffers already hold its adapter where a free one does;
    The part of the prompts that recent requests shared (the chat template's system turn, say) is
    not prefilled again: its K/V comes from the per-adapter prefix cache (`prefix_cache.py`).
-   A prompt longer than `prefill_chunk` tokens that arrives while rows are decoding is prefilled
-   in chunks instead, one chunk per iteration between decode steps, so that a long prompt delays
-   each running row by one chunk's forward pass at a time rather than by its whole prefill;
+   A prompt with more than `prefill_chunk` tokens left past that cached part that arrives while
+   rows are decoding is prefilled in chunks instead, one chunk per iteration between decode
+   steps, so that a long prompt delays each running row by one chunk's forward pass at a time
+   rather than by its whole prefill (a long prompt whose start is cached prefills its tail with
+   the batch);
 3. runs one decode step for the whole batch, samples each row with its own parameters, and
    frees the slots of the rows that finished (end of turn, a stop string, max_tokens, or
    cancellation).
